@@ -1,0 +1,72 @@
+//! API-gateway policy as independent [tower] layers.
+//!
+//! Each gateway concern is a `Layer` that works alone in any hyper or axum app and keeps its
+//! inner service's error type: the answers the gateway gives itself (401, 404, 429, 503, ...)
+//! are HTTP responses with an RFC 9457 `application/problem+json` body, built by
+//! [`rejection`], never `Service` errors. So a layer drops into an axum `Router` without a
+//! `HandleErrorLayer`.
+//!
+//! | module | layer | what it does |
+//! |---|---|---|
+//! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer) | keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
+//! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer) | strips hop-by-hop headers both ways, WebSocket upgrades excepted |
+//! | [`rejection`] | [`RerenderLayer`](rejection::RerenderLayer) | the rejection model; re-render every rejection of a stack your way |
+//! | [`body`] | | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
+//!
+//! Rate limit, bulkhead, circuit breaker, retry, API-key auth, the streaming proxy and the
+//! builder that composes them into one gateway are on their way.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_gateway::{correlation_id::CorrelationIdLayer, hop_by_hop::HopByHopLayer};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(CorrelationIdLayer::new()) // outermost: every answer carries the ID
+//!     .layer(HopByHopLayer::new())
+//!     .service_fn(|req: Request<String>| async move {
+//!         assert!(req.headers().get("connection").is_none());
+//!         Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
+//!     });
+//!
+//! let req = Request::post("/echo")
+//!     .header("connection", "keep-alive")
+//!     .header("x-correlation-id", "abc-1")
+//!     .body("hello".to_owned())
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()["x-correlation-id"], "abc-1");
+//! assert_eq!(res.body(), "hello");
+//! # }
+//! ```
+//!
+//! # Features
+//! One cargo feature per concern (`correlation-id`, `hop-by-hop`), all on by default through
+//! `full`. The [`rejection`] and [`body`] modules are always present.
+//!
+//! [tower]: https://docs.rs/tower
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod rejection;
+
+#[cfg(feature = "correlation-id")]
+#[cfg_attr(docsrs, doc(cfg(feature = "correlation-id")))]
+pub mod correlation_id;
+
+#[cfg(feature = "hop-by-hop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hop-by-hop")))]
+pub mod hop_by_hop;
+
+pub use rejection::{CorrelationId, Rejection, RejectionKind};
+
+// The README's code compiles as part of the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,804 @@
+//! Answers the gateway gives itself: [`Rejection`], its RFC 9457 rendering, and the
+//! [`RenderRejection`] seam that lets users swap the rendering.
+//!
+//! A layer that refuses a request (401, 404, 429, 503, 504, ...) does not return a `Service`
+//! error. It builds a [`Rejection`] and answers with a [`Response`] in the *inner service's own
+//! body type*, so every layer keeps its inner error type and drops into an axum `Router` (error
+//! type [`Infallible`](std::convert::Infallible)) without a `HandleErrorLayer`.
+//!
+//! # Example
+//! ```
+//! use bytes::Bytes;
+//! use http::{header, Request, StatusCode};
+//! use http_body_util::Full;
+//! use std::time::Duration;
+//! use tower_gateway::rejection::{Rejection, RejectionKind};
+//!
+//! let request = Request::get("/api/a/ping").body(()).unwrap();
+//! let rejection = Rejection::new(RejectionKind::RateLimited)
+//!     .for_request(&request)
+//!     .with_retry_after(Duration::from_millis(1500));
+//!
+//! let response: http::Response<Full<Bytes>> = rejection.into_response();
+//! assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+//! assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+//! // The typed rejection travels in the extensions: classify by it, never parse the body.
+//! let kind = response.extensions().get::<Rejection>().unwrap().kind();
+//! assert_eq!(kind, RejectionKind::RateLimited);
+//! ```
+//!
+//! # The body type, and why
+//! A rejection is rendered straight into the inner service's response body type `B`. The
+//! default renderer, [`ProblemJson`], needs `B: From<Bytes>`, which axum's `Body`,
+//! [`http_body_util::Full`] and this crate's [`GatewayBody`](crate::body::GatewayBody) all
+//! satisfy. So on the pass-through path a layer hands the inner response back untouched:
+//! no boxing, no copying, no wrapper body, and no change of type as layers stack up.
+//!
+//! The trade-off: a service whose body cannot be built from bytes (hyper's `Incoming`, say)
+//! needs a body that can, before a rejecting layer can wrap it. [`GatewayBody`] is that body
+//! for the proxy: an enum of the upstream stream and a small in-memory body, whose
+//! pass-through arm forwards every poll to the stream. The alternative, an
+//! `Either<Inner, Full>` added by every layer, would nest one enum per layer and change the
+//! response type with every layer a user adds; a boxed body would cost an allocation and a
+//! dynamic call per frame. A custom [`RenderRejection`] can lift the `From<Bytes>` bound for
+//! bodies that are built some other way.
+//!
+//! # Replacing the rendering
+//! - Per layer: every rejecting layer has `.with_rejection(render)` taking any
+//!   [`RenderRejection`], including a closure `FnMut(&Rejection) -> Response<B> + Clone`.
+//! - Once for the whole stack: wrap it in [`RerenderLayer`], which re-renders every response
+//!   that carries a [`Rejection`] in its extensions, whichever layer made it (a user's own
+//!   layers included, when they answer through [`Rejection::into_response_with`]).
+//!
+//! Either way the status, the rejection's own headers (`Retry-After`, `WWW-Authenticate`, ...)
+//! and the typed [`Rejection`] in the response extensions are set by
+//! [`Rejection::into_response_with`], not by the renderer, so a renderer only chooses the body
+//! and its content type and cannot drop the protocol headers by mistake.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use serde::Serialize;
+use tower::{Layer, Service};
+
+/// The correlation ID of a request, as the
+/// [`CorrelationIdLayer`](crate::correlation_id::CorrelationIdLayer) put it in the request
+/// extensions.
+///
+/// It lives in this module because every [`Rejection`] captures it: layers find it in the
+/// request extensions without depending on the correlation ID layer. It is always 1 to 128
+/// visible ASCII characters (`0x21..=0x7e`), so it is a valid header value and a valid JSON
+/// string without escaping.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CorrelationId(HeaderValue);
+
+impl CorrelationId {
+    /// The longest correlation ID that is accepted, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Accepts `value` when it is 1 to [`MAX_LEN`](Self::MAX_LEN) visible ASCII characters.
+    pub fn from_header_value(value: &HeaderValue) -> Option<Self> {
+        Self::is_valid(value.as_bytes()).then(|| Self(value.clone()))
+    }
+
+    /// Accepts `value` when it is 1 to [`MAX_LEN`](Self::MAX_LEN) visible ASCII characters.
+    pub fn from_bytes(value: &[u8]) -> Option<Self> {
+        if !Self::is_valid(value) {
+            return None;
+        }
+        let value = HeaderValue::from_bytes(value).expect("visible ASCII is a valid header value");
+        Some(Self(value))
+    }
+
+    /// Whether `value` is an acceptable correlation ID: 1 to 128 bytes, each `0x21..=0x7e`.
+    pub fn is_valid(value: &[u8]) -> bool {
+        (1..=Self::MAX_LEN).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic())
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        self.0
+            .to_str()
+            .expect("a correlation ID is visible ASCII by construction")
+    }
+
+    /// The ID as a header value; cloning it is a reference-count bump at most.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CorrelationId")
+            .field(&self.as_str())
+            .finish()
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of answer the gateway gave, and so its status code.
+///
+/// This enum is the one place that maps causes to status codes (CONTRACT.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// 400: a malformed request, such as a path with `..` segments.
+    BadRequest,
+    /// 401: auth is required and the credential is missing or wrong.
+    Unauthorized,
+    /// 403: the credential is valid but not for this route.
+    Forbidden,
+    /// 404: no route matches the path.
+    NotFound,
+    /// 429: the client is over its rate limit.
+    RateLimited,
+    /// 429: the route has too many requests in flight (bulkhead full).
+    ConcurrencyLimited,
+    /// 431: the request headers are too large or too many.
+    RequestHeaderFieldsTooLarge,
+    /// 502: the upstream could not be reached or broke the exchange.
+    BadGateway,
+    /// 503: the route's circuit breaker is open.
+    CircuitOpen,
+    /// 503: a dependency of the gateway (a shared store, say) is unavailable.
+    ServiceUnavailable,
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
+}
+
+impl RejectionKind {
+    /// `(status, title, slug of the type URI, default detail)`: the whole table in one place.
+    const fn info(self) -> (StatusCode, &'static str, &'static str, &'static str) {
+        match self {
+            Self::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "BadRequest",
+                "the request is malformed",
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized",
+                "a valid credential is required",
+            ),
+            Self::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Forbidden",
+                "the credential does not grant access to this resource",
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not Found",
+                "NotFound",
+                "no route matches the request path",
+            ),
+            Self::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                "RateLimited",
+                "the rate limit for this client is exhausted",
+            ),
+            Self::ConcurrencyLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                "ConcurrencyLimited",
+                "too many requests are in flight for this route",
+            ),
+            Self::RequestHeaderFieldsTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+                "RequestHeaderFieldsTooLarge",
+                "the request headers are too large or too many",
+            ),
+            Self::BadGateway => (
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "BadGateway",
+                "the upstream could not be reached",
+            ),
+            Self::CircuitOpen => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "CircuitOpen",
+                "the upstream is failing and the circuit breaker is open",
+            ),
+            Self::ServiceUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "ServiceUnavailable",
+                "the gateway cannot serve this request right now",
+            ),
+            Self::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway Timeout",
+                "GatewayTimeout",
+                "the upstream did not answer in time",
+            ),
+        }
+    }
+
+    /// The status code the gateway answers with.
+    pub const fn status(self) -> StatusCode {
+        self.info().0
+    }
+
+    /// The problem's `title`: the same for every occurrence of this kind.
+    pub const fn title(self) -> &'static str {
+        self.info().1
+    }
+
+    /// The problem's `type`: a URI naming this kind, which resolves to its documentation.
+    pub fn type_uri(self) -> String {
+        format!("{TYPE_URI_BASE}{}", self.info().2)
+    }
+
+    fn default_detail(self) -> &'static str {
+        self.info().3
+    }
+}
+
+const TYPE_URI_BASE: &str =
+    "https://docs.rs/tower-gateway/latest/tower_gateway/rejection/enum.RejectionKind.html#variant.";
+
+/// An answer the gateway gives itself instead of forwarding the request.
+///
+/// Build one with [`Rejection::new`], capture what the body needs from the request with
+/// [`for_request`](Self::for_request) (the request is gone by render time), add headers, and
+/// answer with [`into_response_with`](Self::into_response_with). The response then carries
+/// the `Rejection` in its extensions, so retry, the breaker, logs, metrics and tests can
+/// classify it without parsing bodies: no `Rejection` means the response came from upstream.
+///
+/// The detail is fixed text chosen by the layer; a rejection never echoes a key or any other
+/// request value except the path (as `instance`) and the correlation ID.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    kind: RejectionKind,
+    detail: Cow<'static, str>,
+    headers: HeaderMap,
+    correlation_id: Option<CorrelationId>,
+    instance: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection of `kind` with that kind's default detail.
+    pub fn new(kind: RejectionKind) -> Self {
+        Self {
+            kind,
+            detail: Cow::Borrowed(kind.default_detail()),
+            headers: HeaderMap::new(),
+            correlation_id: None,
+            instance: None,
+        }
+    }
+
+    /// Replaces the human-readable detail. Never put a secret or raw request data in it.
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    /// Captures the correlation ID (from the request extensions) and the request path (as the
+    /// problem's `instance`; the query is left out because it can carry a token).
+    pub fn for_request<B>(mut self, request: &Request<B>) -> Self {
+        if let Some(id) = request.extensions().get::<CorrelationId>() {
+            self.correlation_id = Some(id.clone());
+        }
+        self.instance = Some(request.uri().path().to_owned());
+        self
+    }
+
+    /// Sets the correlation ID shown in the body.
+    pub fn with_correlation_id(mut self, id: CorrelationId) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Adds a header to the response (appended, so a name may repeat).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Sets `Retry-After` to `wait` in whole seconds, rounded up and at least 1.
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        self
+    }
+
+    /// What kind of rejection this is.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The status code of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    /// The human-readable detail.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The extra headers the answer carries (`Retry-After`, `WWW-Authenticate`, ...).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The correlation ID of the rejected request, when it had one.
+    pub fn correlation_id(&self) -> Option<&CorrelationId> {
+        self.correlation_id.as_ref()
+    }
+
+    /// The path of the rejected request, when it was captured.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+
+    /// The RFC 9457 problem details of this rejection, ready to serialize.
+    pub fn problem(&self) -> Problem<'_> {
+        Problem {
+            type_uri: self.kind.type_uri(),
+            title: self.kind.title(),
+            status: self.status().as_u16(),
+            detail: &self.detail,
+            instance: self.instance(),
+            correlation_id: self.correlation_id.as_ref().map(CorrelationId::as_str),
+        }
+    }
+
+    /// Answers with `render`'s body, then sets the status, this rejection's headers and the
+    /// rejection itself in the response extensions.
+    pub fn into_response_with<B, R>(self, render: &mut R) -> Response<B>
+    where
+        R: RenderRejection<B>,
+    {
+        let mut response = render.render(&self);
+        *response.status_mut() = self.status();
+        for (name, value) in &self.headers {
+            response.headers_mut().append(name, value.clone());
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+
+    /// Answers with the default `application/problem+json` rendering ([`ProblemJson`]).
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        self.into_response_with(&mut ProblemJson)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status(), self.detail)
+    }
+}
+
+/// RFC 9457 problem details: the body of the default rendering.
+///
+/// Serializes as `{"type", "title", "status", "detail", "instance"?, "correlation_id"?}`.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Problem<'a> {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// A short summary, the same for every occurrence of the kind.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: &'a str,
+    /// The request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<&'a str>,
+    /// The request's correlation ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<&'a str>,
+}
+
+impl Problem<'_> {
+    /// The problem as a compact JSON document.
+    pub fn to_json(&self) -> Bytes {
+        serde_json::to_vec(self)
+            .expect("a problem of strings and numbers always serializes")
+            .into()
+    }
+}
+
+/// Turns a [`Rejection`] into a response body and content type.
+///
+/// [`Rejection::into_response_with`] sets the status, the rejection's headers and the
+/// extension afterwards, so an implementation only chooses the body. Any
+/// `FnMut(&Rejection) -> Response<B>` is a renderer:
+///
+/// ```
+/// use http::{header, Response};
+/// use tower_gateway::rejection::{Rejection, RejectionKind};
+///
+/// let mut plain = |rejection: &Rejection| {
+///     Response::builder()
+///         .header(header::CONTENT_TYPE, "text/plain")
+///         .body(rejection.detail().to_owned())
+///         .unwrap()
+/// };
+/// let response = Rejection::new(RejectionKind::NotFound).into_response_with(&mut plain);
+/// assert_eq!(response.status(), 404);
+/// assert_eq!(response.body(), "no route matches the request path");
+/// ```
+pub trait RenderRejection<B> {
+    /// Renders the body (and any content headers) for `rejection`.
+    fn render(&mut self, rejection: &Rejection) -> Response<B>;
+}
+
+impl<B, F> RenderRejection<B> for F
+where
+    F: FnMut(&Rejection) -> Response<B>,
+{
+    fn render(&mut self, rejection: &Rejection) -> Response<B> {
+        self(rejection)
+    }
+}
+
+/// The default renderer: RFC 9457 `application/problem+json`, for any body `B: From<Bytes>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProblemJson;
+
+impl<B: From<Bytes>> RenderRejection<B> for ProblemJson {
+    fn render(&mut self, rejection: &Rejection) -> Response<B> {
+        let mut response = Response::new(B::from(rejection.problem().to_json()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// Re-renders, with one renderer, every rejection that the layers inside it answered with:
+/// the way to replace the rendering once for a whole stack.
+///
+/// A response is re-rendered when it carries a [`Rejection`] in its extensions; upstream
+/// responses pass through untouched. Headers that the inner layers set on the rejection
+/// response after rendering it (`RateLimit`, say) are kept; the old body and content headers
+/// are replaced.
+///
+/// # Example
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_gateway::rejection::{Rejection, RejectionKind, RerenderLayer};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(RerenderLayer::new(|rejection: &Rejection| {
+///         Response::new(Full::from(format!("sorry: {}", rejection.detail())))
+///     }))
+///     .service_fn(|req: Request<()>| async move {
+///         // Stands in for any layer that refuses the request.
+///         let answer = Rejection::new(RejectionKind::NotFound).for_request(&req);
+///         Ok::<_, std::convert::Infallible>(answer.into_response::<Full<Bytes>>())
+///     });
+///
+/// let response = svc.oneshot(Request::new(())).await.unwrap();
+/// assert_eq!(response.status(), 404);
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(body, "sorry: no route matches the request path");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RerenderLayer<R> {
+    render: R,
+}
+
+impl<R> RerenderLayer<R> {
+    /// Re-renders inner rejections with `render`.
+    pub fn new(render: R) -> Self {
+        Self { render }
+    }
+}
+
+impl<S, R: Clone> Layer<S> for RerenderLayer<R> {
+    type Service = Rerender<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rerender {
+            inner,
+            render: self.render.clone(),
+        }
+    }
+}
+
+/// Service of [`RerenderLayer`]: re-renders inner rejections.
+#[derive(Clone, Debug)]
+pub struct Rerender<S, R> {
+    inner: S,
+    render: R,
+}
+
+impl<S, R> Rerender<S, R> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, render: R) -> Self {
+        Self { inner, render }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R, ReqB, ResB> Service<Request<ReqB>> for Rerender<S, R>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    R: RenderRejection<ResB> + Clone,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = RerenderFuture<S::Future, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        RerenderFuture {
+            inner: self.inner.call(request),
+            render: Some(self.render.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Rerender`].
+    pub struct RerenderFuture<F, R> {
+        #[pin]
+        inner: F,
+        render: Option<R>,
+    }
+}
+
+impl<F, R> fmt::Debug for RerenderFuture<F, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RerenderFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R, B, E> Future for RerenderFuture<F, R>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    R: RenderRejection<B>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        let Some(rejection) = response.extensions_mut().remove::<Rejection>() else {
+            return Poll::Ready(Ok(response));
+        };
+        let mut render = this.render.take().expect("polled after completion");
+        let mut rendered = rejection.into_response_with(&mut render);
+        // Keep the headers that layers between the first rendering and here added (rate-limit
+        // headers, say); drop the old body's own description.
+        let old = response.headers();
+        let headers = rendered.headers_mut();
+        for name in old.keys() {
+            if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+                continue;
+            }
+            if !headers.contains_key(name) {
+                for value in old.get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        Poll::Ready(Ok(rendered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    fn json(body: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn every_kind_maps_to_its_contract_status() {
+        use RejectionKind::*;
+        let table = [
+            (BadRequest, 400),
+            (Unauthorized, 401),
+            (Forbidden, 403),
+            (NotFound, 404),
+            (RateLimited, 429),
+            (ConcurrencyLimited, 429),
+            (RequestHeaderFieldsTooLarge, 431),
+            (BadGateway, 502),
+            (CircuitOpen, 503),
+            (ServiceUnavailable, 503),
+            (GatewayTimeout, 504),
+        ];
+        for (kind, status) in table {
+            assert_eq!(kind.status().as_u16(), status, "{kind:?}");
+            assert!(kind.type_uri().ends_with(&format!("{kind:?}")), "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn problem_json_has_the_rfc_9457_members_and_the_correlation_id() {
+        let mut request = Request::get("/api/a/ping?token=secret").body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(CorrelationId::from_bytes(b"abc-123").unwrap());
+        let response: Response<Full<Bytes>> = Rejection::new(RejectionKind::GatewayTimeout)
+            .for_request(&request)
+            .into_response();
+
+        assert_eq!(response.status(), 504);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let value = json(&body);
+        assert_eq!(
+            value["type"],
+            "https://docs.rs/tower-gateway/latest/tower_gateway/rejection/enum.RejectionKind.html#variant.GatewayTimeout"
+        );
+        assert_eq!(value["title"], "Gateway Timeout");
+        assert_eq!(value["status"], 504);
+        assert_eq!(value["detail"], "the upstream did not answer in time");
+        assert_eq!(
+            value["instance"], "/api/a/ping",
+            "the query is never echoed"
+        );
+        assert_eq!(value["correlation_id"], "abc-123");
+        assert!(!String::from_utf8_lossy(&body).contains("secret"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_one_second() {
+        for (wait, expected) in [
+            (Duration::ZERO, "1"),
+            (Duration::from_millis(1), "1"),
+            (Duration::from_secs(1), "1"),
+            (Duration::from_millis(1001), "2"),
+            (Duration::from_secs(60), "60"),
+        ] {
+            let rejection = Rejection::new(RejectionKind::RateLimited).with_retry_after(wait);
+            assert_eq!(
+                rejection.headers()[header::RETRY_AFTER],
+                expected,
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn custom_renderer_keeps_status_headers_and_extension() {
+        let mut render = |r: &Rejection| {
+            Response::builder()
+                .status(StatusCode::OK) // a renderer cannot change the status by mistake
+                .body(r.kind().title().to_owned())
+                .unwrap()
+        };
+        let response = Rejection::new(RejectionKind::Unauthorized)
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("ApiKey header=\"x-api-key\""),
+            )
+            .into_response_with(&mut render);
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "ApiKey header=\"x-api-key\""
+        );
+        assert_eq!(response.body(), "Unauthorized");
+        assert_eq!(
+            response.extensions().get::<Rejection>().unwrap().kind(),
+            RejectionKind::Unauthorized
+        );
+    }
+
+    #[test]
+    fn correlation_ids_must_be_1_to_128_visible_ascii() {
+        assert!(CorrelationId::from_bytes(b"a").is_some());
+        assert!(CorrelationId::from_bytes(&[b'x'; 128]).is_some());
+        assert!(CorrelationId::from_bytes(&[b'x'; 129]).is_none());
+        assert!(CorrelationId::from_bytes(b"").is_none());
+        assert!(CorrelationId::from_bytes(b"has space").is_none());
+        assert!(CorrelationId::from_bytes(b"tab\there").is_none());
+        assert!(CorrelationId::from_bytes("caf\u{e9}".as_bytes()).is_none());
+        let obs_text = HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap();
+        assert!(CorrelationId::from_header_value(&obs_text).is_none());
+        let ok = HeaderValue::from_static("req-1");
+        assert_eq!(
+            CorrelationId::from_header_value(&ok).unwrap().as_str(),
+            "req-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn rerender_replaces_rejections_and_leaves_upstream_responses_alone() {
+        let svc = ServiceBuilder::new()
+            .layer(RerenderLayer::new(|r: &Rejection| {
+                let mut res = Response::new(Full::from(format!("plain: {}", r.detail())));
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                res
+            }))
+            .service_fn(|req: Request<()>| async move {
+                if req.uri().path() == "/reject" {
+                    let mut res: Response<Full<Bytes>> = Rejection::new(RejectionKind::RateLimited)
+                        .with_retry_after(Duration::from_secs(3))
+                        .into_response();
+                    // A header an inner layer added after rendering survives.
+                    res.headers_mut()
+                        .insert("ratelimit", HeaderValue::from_static("\"default\";r=0;t=3"));
+                    Ok::<_, Infallible>(res)
+                } else {
+                    Ok(Response::new(Full::from("from upstream")))
+                }
+            });
+
+        let res = svc
+            .clone()
+            .oneshot(Request::get("/reject").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(res.headers().get_all(header::RETRY_AFTER).iter().count(), 1);
+        assert_eq!(res.headers()["ratelimit"], "\"default\";r=0;t=3");
+        assert!(res.extensions().get::<Rejection>().is_some());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "plain: the rate limit for this client is exhausted");
+
+        let res = svc
+            .oneshot(Request::get("/ok").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "from upstream");
+    }
+}
