@@ -31,12 +31,12 @@
 //! # The body type, and why
 //! A rejection is rendered straight into the inner service's response body type `B`. The
 //! default renderer, [`ProblemJson`], needs `B: From<Bytes>`, which axum's `Body`,
-//! [`http_body_util::Full`] and this crate's [`GatewayBody`](crate::body::GatewayBody) all
+//! `http_body_util::Full` and this crate's [`GatewayBody`](crate::body::GatewayBody) all
 //! satisfy. So on the pass-through path a layer hands the inner response back untouched:
 //! no boxing, no copying, no wrapper body, and no change of type as layers stack up.
 //!
 //! The trade-off: a service whose body cannot be built from bytes (hyper's `Incoming`, say)
-//! needs a body that can, before a rejecting layer can wrap it. [`GatewayBody`] is that body
+//! needs a body that can, before a rejecting layer can wrap it. [`GatewayBody`](crate::body::GatewayBody) is that body
 //! for the proxy: an enum of the upstream stream and a small in-memory body, whose
 //! pass-through arm forwards every poll to the stream. The alternative, an
 //! `Either<Inner, Full>` added by every layer, would nest one enum per layer and change the
