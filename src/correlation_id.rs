@@ -122,18 +122,19 @@ fn random_id() -> CorrelationId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let hi = (next_random() & !0xf000) | 0x4000; // version 4
     let lo = (next_random() & !(0b11 << 62)) | (0b10 << 62); // RFC 9562 variant
-    let bits = (u128::from(hi) << 64) | u128::from(lo);
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-        } else {
-            *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-            nibble += 1;
-        }
+    // 8-4-4-4-12 hex digits: `hi` fills the first three groups, `lo` the last two.
+    let mut out = [b'-'; 36];
+    let positions = (0..8).chain(9..13).chain(14..18).zip(0..16);
+    for (pos, nibble) in positions {
+        out[pos] = HEX[(hi >> (60 - 4 * nibble) & 0xf) as usize];
     }
-    CorrelationId::from_bytes(&out).expect("hex digits and dashes are a valid correlation ID")
+    let positions = (19..23).chain(24..36).zip(0..16);
+    for (pos, nibble) in positions {
+        out[pos] = HEX[(lo >> (60 - 4 * nibble) & 0xf) as usize];
+    }
+    let value =
+        HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value");
+    CorrelationId::from_valid(value)
 }
 
 /// Sets a correlation ID on every request and response; see the [module docs](self).

@@ -99,21 +99,23 @@ fn fixed_index(name: &str) -> Option<usize> {
 }
 
 /// Like [`fixed_index`] for a lowercase name; a `Connection` token goes through
-/// [`fixed_token_index`] instead.
+/// [`fixed_token_index`] instead. The length (and one byte) picks the only candidate, so a
+/// name costs one comparison at most.
 #[inline]
 fn fixed_index_bytes(name: &[u8]) -> Option<usize> {
-    Some(match name {
-        b"connection" => 0,
-        b"keep-alive" => 1,
-        b"proxy-authenticate" => 2,
-        b"proxy-authorization" => 3,
-        b"te" => 4,
-        b"trailer" => 5,
-        b"transfer-encoding" => 6,
-        b"upgrade" => 7,
-        b"proxy-connection" => 8,
+    let candidate = match name.len() {
+        2 => 4,
+        7 if name[0] == b't' => 5,
+        7 => 7,
+        10 if name[0] == b'c' => 0,
+        10 => 1,
+        16 => 8,
+        17 => 6,
+        18 => 2,
+        19 => 3,
         _ => return None,
-    })
+    };
+    (FIXED[candidate].as_str().as_bytes() == name).then_some(candidate)
 }
 
 /// [`fixed_index`] of a `Connection` token in any case, without allocating.
@@ -372,6 +374,28 @@ mod tests {
         ("accept", "*/*"),
         ("authorization", "Bearer end-to-end"),
     ];
+
+    #[test]
+    fn fixed_index_knows_exactly_the_nine_names() {
+        for (i, name) in FIXED.iter().enumerate() {
+            assert_eq!(fixed_index(name.as_str()), Some(i), "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(fixed_token_index(upper.as_bytes()), Some(i), "{upper}");
+        }
+        for other in [
+            "",
+            "t",
+            "tx",
+            "trailers",
+            "upgrades",
+            "connectio",
+            "keep-alivf",
+            "host",
+        ] {
+            assert_eq!(fixed_index(other), None, "{other}");
+        }
+        assert_eq!(fixed_token_index(&[b'A'; 40]), None);
+    }
 
     #[test]
     fn removes_every_fixed_name_and_keeps_end_to_end_headers() {
