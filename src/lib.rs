@@ -54,6 +54,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod extensions;
 pub mod rejection;
 
 #[cfg(feature = "correlation-id")]
@@ -64,7 +65,29 @@ pub mod correlation_id;
 #[cfg_attr(docsrs, doc(cfg(feature = "hop-by-hop")))]
 pub mod hop_by_hop;
 
-pub use rejection::{CorrelationId, Rejection, RejectionKind};
+#[cfg(feature = "timeout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
+pub mod timeout;
+
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod builder;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod route;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod server;
+
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
+
+pub use extensions::{CorrelationId, PeerAddr};
+pub use rejection::{Rejection, RejectionKind};
 
 // The README's code compiles as part of the doc tests.
 #[cfg(doctest)]

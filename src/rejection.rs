@@ -68,76 +68,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use serde::Serialize;
+
+pub use crate::extensions::CorrelationId;
 use tower::{Layer, Service};
-
-/// The correlation ID of a request, as the
-/// [`CorrelationIdLayer`](crate::correlation_id::CorrelationIdLayer) put it in the request
-/// extensions.
-///
-/// It lives in this module because every [`Rejection`] captures it: layers find it in the
-/// request extensions without depending on the correlation ID layer. It is always 1 to 128
-/// visible ASCII characters (`0x21..=0x7e`), so it is a valid header value and a valid JSON
-/// string without escaping.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CorrelationId(HeaderValue);
-
-impl CorrelationId {
-    /// The longest correlation ID that is accepted, in bytes.
-    pub const MAX_LEN: usize = 128;
-
-    /// Accepts `value` when it is 1 to [`MAX_LEN`](Self::MAX_LEN) visible ASCII characters.
-    pub fn from_header_value(value: &HeaderValue) -> Option<Self> {
-        Self::is_valid(value.as_bytes()).then(|| Self(value.clone()))
-    }
-
-    /// Accepts `value` when it is 1 to [`MAX_LEN`](Self::MAX_LEN) visible ASCII characters.
-    pub fn from_bytes(value: &[u8]) -> Option<Self> {
-        if !Self::is_valid(value) {
-            return None;
-        }
-        let value = HeaderValue::from_bytes(value).expect("visible ASCII is a valid header value");
-        Some(Self(value))
-    }
-
-    /// Wraps a value the caller has already made valid (a generated ID).
-    pub(crate) fn from_valid(value: HeaderValue) -> Self {
-        debug_assert!(Self::is_valid(value.as_bytes()));
-        Self(value)
-    }
-
-    /// Whether `value` is an acceptable correlation ID: 1 to 128 bytes, each `0x21..=0x7e`.
-    pub fn is_valid(value: &[u8]) -> bool {
-        // A fold rather than `all`: no early exit, so the check vectorizes.
-        (1..=Self::MAX_LEN).contains(&value.len())
-            && value.iter().fold(true, |ok, b| ok & b.is_ascii_graphic())
-    }
-
-    /// The ID as a string.
-    pub fn as_str(&self) -> &str {
-        self.0
-            .to_str()
-            .expect("a correlation ID is visible ASCII by construction")
-    }
-
-    /// The ID as a header value; cloning it is a reference-count bump at most.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-}
-
-impl fmt::Debug for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CorrelationId")
-            .field(&self.as_str())
-            .finish()
-    }
-}
-
-impl fmt::Display for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What kind of answer the gateway gave, and so its status code.
 ///

@@ -1,0 +1,367 @@
+//! [`GatewayBuilder`]: routes and layers composed into one gateway service, in the contract's
+//! order. This is the only module that knows that order.
+//!
+//! ```text
+//!  request ─▶ CorrelationId   keeps or makes X-Correlation-Id; every answer below carries it
+//!             HopByHop        neither side sees the other's connection headers
+//!             Router          404 / 400 before any policy: no token spent, no breaker touched
+//!             ├─ your route layers (Route::layer), outermost first
+//!             Timeout         per attempt, until the response head: 504
+//!             ProxyService    streams to an upstream and back: 502 when unreachable
+//! ```
+//!
+//! The per-route policies of the coming releases (auth, rate limit, circuit breaker,
+//! bulkhead, retry) slot in between the router and the timeout, in that order, so that an
+//! open circuit answers before the bulkhead and each retry attempt gets a fresh timeout.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_gateway::builder::{Gateway, Route};
+//! use tower_gateway::server::Server;
+//!
+//! let gateway = Gateway::builder()
+//!     .route("/api/a", Route::to(["http://127.0.0.1:5051"]).timeout(Duration::from_secs(5)))
+//!     .route("/api/b", Route::to(["http://127.0.0.1:5052", "http://127.0.0.1:5053"]))
+//!     .build()?;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5050").await?;
+//! Server::new().serve(listener, gateway, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Inside axum, mount it with `Router::nest_service("/", gateway)` or
+//! `Router::fallback_service(gateway)`; build it for axum's body type with
+//! `Gateway::<axum::body::Body>::builder()`. Around the whole gateway, wrap it like any
+//! service (`ServiceBuilder::new().layer(..).service(gateway)`).
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::util::{BoxCloneSyncService, Either};
+use tower::{Layer, Service};
+
+use crate::body::GatewayBody;
+use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
+use crate::hop_by_hop::{HopByHop, HopByHopLayer};
+use crate::proxy::{
+    ProxyClient, ProxyService, TrustedProxies, Upstream, UpstreamError, default_client,
+};
+use crate::route::{RouteError, Router};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// The response of every gateway stack.
+pub type GatewayResponse = Response<GatewayBody<Incoming>>;
+
+/// A route's stack when it has no layers of the user's.
+pub type RouteStack<B> = Timeout<ProxyService<B>>;
+
+/// A route's stack with the user's layers around it, type-erased.
+pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
+
+type RouteService<B> = Either<RouteStack<B>, BoxRoute<B>>;
+type Stack<B> = SetCorrelationId<HopByHop<Router<RouteService<B>>>>;
+type WrapFn<B> = Arc<dyn Fn(BoxRoute<B>) -> BoxRoute<B> + Send + Sync>;
+
+/// The default per-attempt timeout: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A route's upstreams and settings, for [`GatewayBuilder::route`].
+#[must_use]
+pub struct Route<B = Incoming> {
+    upstreams: Vec<String>,
+    strip_prefix: bool,
+    timeout: Duration,
+    layers: Vec<WrapFn<B>>,
+}
+
+impl<B> fmt::Debug for Route<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("upstreams", &self.upstreams)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("timeout", &self.timeout)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl<B> Route<B> {
+    /// Forwards to `upstreams` (`http://host[:port][/base]`), round-robin when several, with
+    /// the prefix stripped and a 30 s timeout.
+    pub fn to<I>(upstreams: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self {
+            upstreams: upstreams.into_iter().map(Into::into).collect(),
+            strip_prefix: true,
+            timeout: DEFAULT_TIMEOUT,
+            layers: Vec::new(),
+        }
+    }
+
+    /// Whether the route prefix is cut off the path before forwarding (default `true`).
+    pub fn strip_prefix(mut self, strip: bool) -> Self {
+        self.strip_prefix = strip;
+        self
+    }
+
+    /// The per-attempt timeout until the response head arrives (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Wraps this route's stack in `layer` (after the router, before the built-in policies).
+    /// Later calls wrap earlier ones. A route with layers of its own pays one boxed future
+    /// per request; routes without stay unboxed.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxRoute<B>> + Send + Sync + 'static,
+        L::Service: Service<Request<B>, Response = GatewayResponse, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Request<B>>>::Future: Send + 'static,
+        B: 'static,
+    {
+        self.layers.push(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
+    }
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A bad or duplicate route prefix.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A route's upstream URL is not usable.
+    #[error("route {prefix:?}: {source}")]
+    Upstream {
+        /// The route.
+        prefix: String,
+        /// What is wrong with the URL.
+        source: UpstreamError,
+    },
+    /// A route has no upstream.
+    #[error("route {0:?} has no upstreams")]
+    NoUpstreams(String),
+    /// A route's timeout is zero.
+    #[error("route {0:?}: the timeout must be greater than zero")]
+    ZeroTimeout(String),
+}
+
+/// Collects routes and settings for a [`Gateway`].
+#[must_use]
+pub struct GatewayBuilder<B = Incoming> {
+    routes: Vec<(String, Route<B>)>,
+    trusted: TrustedProxies,
+    correlation_header: HeaderName,
+    client: Option<ProxyClient<B>>,
+}
+
+impl<B> fmt::Debug for GatewayBuilder<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("routes", &self.routes)
+            .field("trusted", &self.trusted)
+            .field("correlation_header", &self.correlation_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> GatewayBuilder<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Adds a route: paths under `prefix` (on a segment boundary; the longest prefix wins)
+    /// go to `route`.
+    pub fn route(mut self, prefix: impl Into<String>, route: Route<B>) -> Self {
+        self.routes.push((prefix.into(), route));
+        self
+    }
+
+    /// Peers whose `X-Forwarded-*` headers are kept (default: none).
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// The correlation ID header (default `x-correlation-id`).
+    pub fn correlation_header(mut self, header: HeaderName) -> Self {
+        self.correlation_header = header;
+        self
+    }
+
+    /// Forwards over `client` instead of [`default_client`].
+    pub fn client(mut self, client: ProxyClient<B>) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Checks every route and builds the gateway.
+    pub fn build(self) -> Result<Gateway<B>, BuildError> {
+        let client = self.client.unwrap_or_else(default_client);
+        let mut router = Router::builder();
+        for (prefix, route) in self.routes {
+            if route.upstreams.is_empty() {
+                return Err(BuildError::NoUpstreams(prefix));
+            }
+            if route.timeout.is_zero() {
+                return Err(BuildError::ZeroTimeout(prefix));
+            }
+            let upstreams = route
+                .upstreams
+                .iter()
+                .map(|url| Upstream::parse(url))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| BuildError::Upstream {
+                    prefix: prefix.clone(),
+                    source,
+                })?;
+            let proxy =
+                ProxyService::new(client.clone(), upstreams).trusted_proxies(self.trusted.clone());
+            let stack = TimeoutLayer::new(route.timeout).layer(proxy);
+            let service = if route.layers.is_empty() {
+                Either::Left(stack)
+            } else {
+                let boxed = route
+                    .layers
+                    .iter()
+                    .fold(BoxCloneSyncService::new(stack), |inner, wrap| wrap(inner));
+                Either::Right(boxed)
+            };
+            router = router.route(prefix, route.strip_prefix, service);
+        }
+        let router = router.build()?;
+        let inner = CorrelationIdLayer::new()
+            .header(self.correlation_header.clone())
+            .layer(
+                HopByHopLayer::new()
+                    .protect(self.correlation_header)
+                    .layer(router),
+            );
+        Ok(Gateway { inner })
+    }
+}
+
+/// The gateway: one `Clone` service of every route and layer; see the [module docs](self).
+///
+/// Cloning is cheap (reference counts), so hyper can clone it per connection and axum per
+/// request. Its error type is [`Infallible`]: every failure is an answer.
+pub struct Gateway<B = Incoming> {
+    inner: Stack<B>,
+}
+
+impl<B> Clone for Gateway<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Gateway<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let router = self.inner.get_ref().get_ref();
+        f.debug_struct("Gateway")
+            .field("routes", &router.prefixes().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Gateway<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Starts a gateway with no routes.
+    pub fn builder() -> GatewayBuilder<B> {
+        GatewayBuilder {
+            routes: Vec::new(),
+            trusted: TrustedProxies::none(),
+            correlation_header: X_CORRELATION_ID,
+            client: None,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture<B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Gateway`].
+    pub struct ResponseFuture<B>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B: Send,
+        B: Unpin,
+        B: 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        #[pin]
+        inner: <Stack<B> as Service<Request<B>>>::Future,
+    }
+}
+
+impl<B> fmt::Debug for ResponseFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for ResponseFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = Result<GatewayResponse, Infallible>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}

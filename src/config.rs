@@ -1,0 +1,1 @@
+//! Building a gateway from a TOML file (work in progress).

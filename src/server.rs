@@ -1,0 +1,204 @@
+//! A hardened HTTP/1.1 server for the gateway (or any tower service), with graceful shutdown.
+//!
+//! [`Server::serve`] accepts connections on a `TcpListener` and serves each with hyper's
+//! HTTP/1.1 connection, hardened for the open internet:
+//! - request heads over [`max_header_bytes`](Server::max_header_bytes) (default 64 KiB,
+//!   request line included) or with more than [`max_headers`](Server::max_headers) fields
+//!   (default 100) get `431`, a malformed request line or header gets `400`, both from hyper
+//!   before a request exists (so with an empty body), and the connection is closed;
+//! - a client that has not sent a whole request head within
+//!   [`header_read_timeout`](Server::header_read_timeout) (default 10 s) is disconnected,
+//!   which also bounds idle keep-alive connections;
+//! - keep-alive is on, and HTTP upgrades (WebSocket) are supported;
+//! - every request gets the client's address as a [`PeerAddr`] extension.
+//!
+//! When `shutdown` completes the server stops accepting, asks every connection to close
+//! after its in-flight request, waits up to [`shutdown_grace`](Server::shutdown_grace) for
+//! them, and returns.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use tower_gateway::server::Server;
+//!
+//! let svc = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let ctrl_c = async { tokio::signal::ctrl_c().await.ok(); };
+//! Server::new()
+//!     .shutdown_grace(Duration::from_secs(30))
+//!     .serve(listener, svc, ctrl_c)
+//!     .await
+//! # }
+//! ```
+//!
+//! Embedding the gateway in a server of your own? Set the same limits on hyper's
+//! `http1::Builder` (`max_header_size`, `max_headers`, `header_read_timeout` with a timer)
+//! and insert [`PeerAddr`] into each request.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::{Service, ServiceExt};
+
+use crate::extensions::PeerAddr;
+
+/// The hardened HTTP/1.1 server; see the [module docs](self).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Server {
+    max_header_bytes: usize,
+    max_headers: usize,
+    header_read_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// 64 KiB and 100 header fields at most, 10 s to send a request head, 30 s of grace.
+    pub fn new() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+
+    /// The largest request head, request line included, in bytes; larger gets `431`.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
+    }
+
+    /// The most header fields a request may have; more gets `431`.
+    pub fn max_headers(mut self, count: usize) -> Self {
+        self.max_headers = count;
+        self
+    }
+
+    /// How long a client may take to send a whole request head.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for in-flight requests.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Serves `service` on `listener` until `shutdown` completes, then drains; see the
+    /// [module docs](self).
+    pub async fn serve<S, B>(
+        self,
+        listener: TcpListener,
+        service: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_header_size(self.max_header_bytes)
+            .max_buf_size(self.max_header_bytes.max(8192) + 8192)
+            .max_headers(self.max_headers)
+            .header_read_timeout(self.header_read_timeout);
+
+        // Connections hold a receiver: `changed` tells them to drain, and once every
+        // receiver is gone, `closed` tells us they all have.
+        let (drain_tx, drain_rx) = watch::channel(());
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors, say: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = service.clone();
+            let http = http.clone();
+            let drain = drain_rx.clone();
+            tokio::spawn(serve_connection(http, stream, peer, service, drain));
+        }
+        drop(listener);
+        drop(drain_rx);
+        let _ = drain_tx.send(());
+        if tokio::time::timeout(self.shutdown_grace, drain_tx.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.shutdown_grace, "shutdown grace elapsed with requests in flight");
+        }
+        Ok(())
+    }
+}
+
+async fn serve_connection<S, B>(
+    http: hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    mut drain: watch::Receiver<()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let service = service.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
+    let conn = http
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
