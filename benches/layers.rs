@@ -11,22 +11,28 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use http_body_util::Full;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::hop_by_hop::HopByHopLayer;
+use tower_gateway::route::Router;
+use tower_gateway::timeout::TimeoutLayer;
 
 type Req = Request<()>;
+type Res = Response<Full<Bytes>>;
 
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 51234);
 const CLIENT_ID: &str = "3f1c2a9e-6b7d-4c5e-8f90-1a2b3c4d5e6f";
 
-fn upstream(_req: Req) -> Ready<Result<Response<()>, Infallible>> {
-    let mut res = Response::new(());
+fn upstream(_req: Req) -> Ready<Result<Res, Infallible>> {
+    let mut res = Response::new(Full::default());
     res.headers_mut()
         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
     res.headers_mut()
@@ -34,7 +40,7 @@ fn upstream(_req: Req) -> Ready<Result<Response<()>, Infallible>> {
     ready(Ok(res))
 }
 
-fn bare() -> impl Service<Req, Response = Response<()>, Error = Infallible> {
+fn bare() -> impl Service<Req, Response = Res, Error = Infallible> + Clone {
     tower::service_fn(upstream)
 }
 
@@ -93,9 +99,9 @@ impl Template {
 }
 
 /// One request through `svc`, the way a server drives it.
-fn drive<S>(svc: &mut S, req: Req) -> Response<()>
+fn drive<S>(svc: &mut S, req: Req) -> Res
 where
-    S: Service<Req, Response = Response<()>, Error = Infallible>,
+    S: Service<Req, Response = Res, Error = Infallible>,
 {
     let mut cx = Context::from_waker(Waker::noop());
     assert!(svc.poll_ready(&mut cx).is_ready());
@@ -108,7 +114,7 @@ where
 
 fn row<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, template: &Template, mut svc: S)
 where
-    S: Service<Req, Response = Response<()>, Error = Infallible>,
+    S: Service<Req, Response = Res, Error = Infallible>,
 {
     group.bench_function(name, |b| {
         b.iter(|| black_box(drive(&mut svc, template.build())))
@@ -116,6 +122,11 @@ where
 }
 
 fn layers(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _tokio = runtime.enter(); // the timeout's timer needs a runtime
     // No correlation ID from the client, no hop-by-hop header: the common request.
     let template = Template::new(&[]);
     let mut group = c.benchmark_group("plain");
@@ -131,6 +142,22 @@ fn layers(c: &mut Criterion) {
         "correlation_id_generate",
         &template,
         CorrelationIdLayer::new().layer(bare()),
+    );
+    // The router: three routes, the longest of which matches and has its prefix stripped.
+    let router = Router::builder()
+        .route("/api", false, bare())
+        .route("/api/a", true, bare())
+        .route("/static", false, bare())
+        .build()
+        .unwrap();
+    row(&mut group, "router_strip", &template, router);
+    // The timeout (its timer is armed only if the inner future is pending, which this bare
+    // service never is: behind the proxy it always is, so this row is a lower bound).
+    row(
+        &mut group,
+        "timeout",
+        &template,
+        TimeoutLayer::new(Duration::from_secs(30)).layer(bare()),
     );
     let both = ServiceBuilder::new()
         .layer(CorrelationIdLayer::new())

@@ -6,15 +6,25 @@
 //! [`rejection`], never `Service` errors. So a layer drops into an axum `Router` without a
 //! `HandleErrorLayer`.
 //!
-//! | module | layer | what it does |
-//! |---|---|---|
-//! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer) | keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
-//! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer) | strips hop-by-hop headers both ways, WebSocket upgrades excepted |
-//! | [`rejection`] | [`RerenderLayer`](rejection::RerenderLayer) | the rejection model; re-render every rejection of a stack your way |
-//! | [`body`] | | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
+//! | module | what it gives you |
+//! |---|---|
+//! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer): keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
+//! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer): strips hop-by-hop headers both ways, WebSocket upgrades excepted |
+//! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
+//! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
+//! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
+//! | [`builder`] | [`Gateway`](builder::Gateway): routes and layers composed in the contract's order, one `Clone` service |
+//! | [`server`] | [`Server`](server::Server): a hardened HTTP/1.1 server with graceful shutdown |
+//! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
+//! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
+//! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
+//! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //!
-//! Rate limit, bulkhead, circuit breaker, retry, API-key auth, the streaming proxy and the
-//! builder that composes them into one gateway are on their way.
+//! API-key auth, rate limit, bulkhead, circuit breaker and retry are on their way; they slot
+//! into each route's stack in the order [`builder`] documents.
+//!
+//! The bundled example gateway runs all of it from a TOML file:
+//! `cargo run --example gateway` (see `examples/gateway/main.rs`).
 //!
 //! # Example
 //! ```
@@ -44,8 +54,9 @@
 //! ```
 //!
 //! # Features
-//! One cargo feature per concern (`correlation-id`, `hop-by-hop`), all on by default through
-//! `full`. The [`rejection`] and [`body`] modules are always present.
+//! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `proxy` for the
+//! proxy, router, builder and server, `config`), all on by default through `full`. The
+//! [`rejection`], [`body`] and [`extensions`] modules are always present.
 //!
 //! [tower]: https://docs.rs/tower
 #![forbid(unsafe_code)]

@@ -547,3 +547,26 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out waiting until {what}");
 }
+
+#[tokio::test]
+async fn the_gateway_mounts_in_an_axum_router() {
+    let (up, rec) = upstream::start(false).await;
+    let gateway = Gateway::<axum::body::Body>::builder()
+        .route("/api", Route::to([url(up)]))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/local", axum::routing::get(|| async { "served by axum" }))
+        .fallback_service(gateway);
+    let addr = common::serve_axum(app).await;
+
+    let res = get(addr, "/local", "").await;
+    assert_eq!((res.status, body(&res)), (200, "served by axum".into()));
+    let res = get(addr, "/api/ping?q=1", "X-Correlation-Id: axum-1\n").await;
+    assert_eq!((res.status, body(&res)), (200, "pong /ping?q=1".into()));
+    assert_eq!(res.headers["x-correlation-id"], "axum-1");
+    assert_eq!(rec.last().headers["x-correlation-id"], "axum-1");
+    let res = get(addr, "/elsewhere", "").await;
+    assert_eq!(res.status, 404);
+    assert_eq!(problem(&res)["status"], 404);
+}
