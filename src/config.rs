@@ -1,1 +1,983 @@
-//! Building a gateway from a TOML file (work in progress).
+//! The example gateway's TOML config: its schema, its checks, and a [`GatewayBuilder`] from it.
+//!
+//! Every table denies unknown keys, durations are in humantime form (`"250ms"`, `"5s"`,
+//! `"1m"`), and every error is one line that names the key and the problem
+//! (`routes[1].timeout: invalid duration "5 parsecs": ...`). The format is CONTRACT.md §2.
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_gateway::config::Config;
+//!
+//! let config = Config::from_toml_str(
+//!     r#"
+//!     [server]
+//!     listen = "127.0.0.1:8080"
+//!
+//!     [[routes]]
+//!     prefix = "/api/a"
+//!     upstreams = ["http://127.0.0.1:5051"]
+//!     timeout = "5s"
+//!     "#,
+//! )?;
+//! assert_eq!(config.routes[0].timeout, Duration::from_secs(5));
+//! assert_eq!(config.server.shutdown_grace, Duration::from_secs(30)); // the default
+//!
+//! let gateway = config.gateway_builder::<hyper::body::Incoming>()?.build()?;
+//! # let _ = gateway;
+//! # Ok(()) }
+//! ```
+//!
+//! The sections of the policies still to come (`[auth]`, `[admin]`, `[rate_limit_store]`,
+//! `[routes.rate_limit]`, `[routes.bulkhead]`, `[routes.circuit_breaker]`, `[routes.retry]`
+//! and `anonymous`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
+//! so that a config never silently runs without a policy it asks for.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
+
+use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
+use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
+use crate::route::{RouteError, validate_prefix};
+
+/// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not TOML.
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The line, from 1.
+        line: usize,
+        /// The column in characters, from 1.
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// A key is unknown, missing, of the wrong type or has a bad value.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key path, like `routes[0].timeout`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A limit, window, cooldown or timeout is zero.
+    #[error("{key}: must be greater than zero")]
+    Zero {
+        /// The key path.
+        key: String,
+    },
+    /// An upstream URL is not usable.
+    #[error("{key}: {source}")]
+    Upstream {
+        /// The key path, like `routes[0].upstreams[1]`.
+        key: String,
+        /// What is wrong with the URL.
+        source: UpstreamError,
+    },
+    /// A route prefix is malformed or taken twice.
+    #[error("{key}: {source}")]
+    Route {
+        /// The key path, like `routes[2].prefix`.
+        key: String,
+        /// What is wrong with the prefix.
+        source: RouteError,
+    },
+    /// A `key_env` names an environment variable that is not set.
+    #[error("{key}: environment variable {var} is not set")]
+    MissingEnv {
+        /// The key path, like `auth.keys[0].key_env`.
+        key: String,
+        /// The variable.
+        var: String,
+    },
+    /// The section or key is valid, but its policy is not in this release yet.
+    #[error("{key}: not supported yet")]
+    Unsupported {
+        /// The key path, like `routes[0].rate_limit`.
+        key: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: one_line(&message.to_string()),
+        }
+    }
+
+    fn zero(key: impl Into<String>) -> Self {
+        Self::Zero { key: key.into() }
+    }
+
+    fn unsupported(key: impl Into<String>) -> Self {
+        Self::Unsupported { key: key.into() }
+    }
+
+    /// A parse error of `toml`, located in `text`.
+    fn from_toml(error: &toml::de::Error, text: &str) -> Self {
+        let message = one_line(error.message());
+        match error.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                Self::Syntax {
+                    line: before.matches('\n').count() + 1,
+                    column: before[line_start..].chars().count() + 1,
+                    message,
+                }
+            }
+            None => Self::invalid("config", message),
+        }
+    }
+}
+
+/// The name of the first flag that is set.
+fn first_set<'a>(flags: &[(&'a str, bool)]) -> Option<&'a str> {
+    flags.iter().find(|(_, set)| *set).map(|(name, _)| *name)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The whole config file (CONTRACT.md §2).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[server]`: where to listen and how to stop.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[auth]`: API keys; absent means no auth anywhere. Not supported yet.
+    pub auth: Option<AuthConfig>,
+    /// `[admin]`: the metrics and health listener. Not supported yet.
+    pub admin: Option<AdminConfig>,
+    /// `[rate_limit_store]`: rate limits shared between instances. Not supported yet.
+    pub rate_limit_store: Option<RateLimitStoreConfig>,
+    /// `[[routes]]`, matched by longest prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The address the gateway listens on (default `127.0.0.1:5050`).
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// How long shutdown waits for in-flight requests (default 30 s).
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Networks whose `X-Forwarded-*` headers are trusted: CIDRs, or bare IPs (default none).
+    #[serde(default, deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            shutdown_grace: default_grace(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[auth]`: API-key authentication.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// The request header that carries the key (default `x-api-key`).
+    #[serde(default = "default_auth_header", deserialize_with = "header_name")]
+    pub header: HeaderName,
+    /// `[[auth.keys]]`: the accepted keys.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// `[[auth.keys]]`: one client's key, given inline or by environment variable.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiKeyConfig {
+    /// The identity: the rate-limit key and what logs show.
+    pub id: String,
+    /// The key itself. Exactly one of `key` and `key_env` is set.
+    pub key: Option<String>,
+    /// The environment variable that holds the key.
+    pub key_env: Option<String>,
+}
+
+impl fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("key_env", &self.key_env)
+            .finish()
+    }
+}
+
+/// `[admin]`: the listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Its address.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+/// `[rate_limit_store]`: a Redis store that shares rate limits between instances.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitStoreConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// How long one decision may take (default 50 ms).
+    #[serde(default = "default_store_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// What to do when the store fails or is too slow (default `allow`).
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// `rate_limit_store.on_error`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum OnError {
+    /// Fail open: admit the request.
+    #[default]
+    Allow,
+    /// Fail closed: answer 503.
+    Deny,
+}
+
+/// `[[routes]]`: a path prefix and where it goes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// `/` or `/seg(/seg)*`, matched on a segment boundary.
+    pub prefix: String,
+    /// `http://host[:port][/base]` URLs, used round-robin.
+    pub upstreams: Vec<String>,
+    /// Whether the prefix is cut off before forwarding (default `true`).
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
+    /// Per attempt, until the response head arrives (default 30 s).
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Sub-path prefixes reachable without a key. Not supported yet unless empty.
+    #[serde(default)]
+    pub anonymous: Vec<String>,
+    /// `[routes.rate_limit]`. Not supported yet.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// `[routes.bulkhead]`. Not supported yet.
+    pub bulkhead: Option<BulkheadConfig>,
+    /// `[routes.circuit_breaker]`. Not supported yet.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// `[routes.retry]`. Not supported yet.
+    pub retry: Option<RetryConfig>,
+}
+
+/// `[routes.rate_limit]`: per route and per client.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// Requests admitted per window (also the burst).
+    pub requests: u32,
+    /// The window.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+/// `[routes.bulkhead]`: per route, all clients together.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BulkheadConfig {
+    /// Requests in flight at most.
+    pub max_concurrent: usize,
+}
+
+/// `[routes.circuit_breaker]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe goes through.
+    #[serde(deserialize_with = "duration")]
+    pub cooldown: Duration,
+}
+
+/// `[routes.retry]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Extra attempts after the first.
+    pub max_retries: u32,
+    /// The first backoff, doubled on each retry, with jitter.
+    #[serde(deserialize_with = "duration")]
+    pub base_delay: Duration,
+}
+
+impl Config {
+    /// Parses and [validates](Config::validate) a config.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|error| ConfigError::from_toml(&error, text))?;
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." { "config".to_owned() } else { key };
+            ConfigError::invalid(key, error.into_inner().message())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Checks every value (limits, URLs, prefixes, keys and the variables they name), then
+    /// refuses the sections whose policies are not in this release yet.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
+        if let Some(store) = &self.rate_limit_store {
+            store.validate()?;
+        }
+        let mut prefixes = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            route.validate(&format!("routes[{i}]"))?;
+            if !prefixes.insert(route.prefix.as_str()) {
+                return Err(ConfigError::Route {
+                    key: format!("routes[{i}].prefix"),
+                    source: RouteError::DuplicatePrefix(route.prefix.clone()),
+                });
+            }
+        }
+        self.check_supported()
+    }
+
+    fn check_supported(&self) -> Result<(), ConfigError> {
+        let sections = [
+            ("auth", self.auth.is_some()),
+            ("admin", self.admin.is_some()),
+            ("rate_limit_store", self.rate_limit_store.is_some()),
+        ];
+        if let Some(key) = first_set(&sections) {
+            return Err(ConfigError::unsupported(key));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let sections = [
+                ("anonymous", !route.anonymous.is_empty()),
+                ("rate_limit", route.rate_limit.is_some()),
+                ("bulkhead", route.bulkhead.is_some()),
+                ("circuit_breaker", route.circuit_breaker.is_some()),
+                ("retry", route.retry.is_some()),
+            ];
+            if let Some(key) = first_set(&sections) {
+                return Err(ConfigError::unsupported(format!("routes[{i}].{key}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A [`GatewayBuilder`] with this config's routes and trusted proxies, after
+    /// [validating](Config::validate) it. Add a client or layers, then `build()`.
+    pub fn gateway_builder<B>(&self) -> Result<GatewayBuilder<B>, ConfigError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.validate()?;
+        let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
+        let builder = self.routes.iter().fold(
+            Gateway::builder().trusted_proxies(trusted),
+            |builder, route| {
+                let target = Route::to(route.upstreams.iter().cloned())
+                    .strip_prefix(route.strip_prefix)
+                    .timeout(route.timeout);
+                builder.route(route.prefix.clone(), target)
+            },
+        );
+        Ok(builder)
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        for (i, entry) in self.keys.iter().enumerate() {
+            let key = format!("auth.keys[{i}]");
+            if entry.id.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.id"),
+                    "must not be empty",
+                ));
+            }
+            if !ids.insert(entry.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.id"),
+                    format_args!("duplicate key id {:?}", entry.id),
+                ));
+            }
+            let (field, empty) = match (&entry.key, &entry.key_env) {
+                (Some(secret), None) => ("key", secret.is_empty()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(secret) => ("key_env", secret.is_empty()),
+                    Err(std::env::VarError::NotPresent) => {
+                        return Err(ConfigError::MissingEnv {
+                            key: format!("{key}.key_env"),
+                            var: var.clone(),
+                        });
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.key_env"),
+                            format_args!("environment variable {var} is not valid unicode"),
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "set exactly one of `key` and `key_env`",
+                    ));
+                }
+            };
+            if empty {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{field}"),
+                    "the key must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RateLimitStoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !["redis://", "rediss://"]
+            .iter()
+            .any(|scheme| self.url.starts_with(scheme))
+        {
+            return Err(ConfigError::invalid(
+                "rate_limit_store.url",
+                format_args!("expected a redis:// or rediss:// URL, got {:?}", self.url),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::zero("rate_limit_store.timeout"));
+        }
+        Ok(())
+    }
+}
+
+impl RouteConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        validate_prefix(&self.prefix).map_err(|source| ConfigError::Route {
+            key: format!("{key}.prefix"),
+            source,
+        })?;
+        if self.upstreams.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.upstreams"),
+                "a route needs at least one upstream",
+            ));
+        }
+        for (i, url) in self.upstreams.iter().enumerate() {
+            Upstream::parse(url).map_err(|source| ConfigError::Upstream {
+                key: format!("{key}.upstreams[{i}]"),
+                source,
+            })?;
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::zero(format!("{key}.timeout")));
+        }
+        for (i, path) in self.anonymous.iter().enumerate() {
+            if !path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("{key}.anonymous[{i}]"),
+                    format_args!("{path:?} must start with '/'"),
+                ));
+            }
+        }
+        let zero = [
+            (
+                "rate_limit.requests",
+                self.rate_limit.as_ref().is_some_and(|r| r.requests == 0),
+            ),
+            (
+                "rate_limit.window",
+                self.rate_limit.as_ref().is_some_and(|r| r.window.is_zero()),
+            ),
+            (
+                "bulkhead.max_concurrent",
+                self.bulkhead
+                    .as_ref()
+                    .is_some_and(|b| b.max_concurrent == 0),
+            ),
+            (
+                "circuit_breaker.failure_threshold",
+                self.circuit_breaker
+                    .as_ref()
+                    .is_some_and(|c| c.failure_threshold == 0),
+            ),
+            (
+                "circuit_breaker.cooldown",
+                self.circuit_breaker
+                    .as_ref()
+                    .is_some_and(|c| c.cooldown.is_zero()),
+            ),
+        ];
+        match first_set(&zero) {
+            Some(field) => Err(ConfigError::zero(format!("{key}.{field}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5050))
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_auth_header() -> HeaderName {
+    HeaderName::from_static("x-api-key")
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Deserializes a string with `parse`, naming `what` and the value when it fails.
+fn parse_str<'de, D, T, E>(
+    deserializer: D,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    E: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    parse(&text).map_err(|error| D::Error::custom(format_args!("invalid {what} {text:?}: {error}")))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    parse_str(deserializer, "socket address", SocketAddr::from_str)
+}
+
+fn header_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HeaderName, D::Error> {
+    parse_str(deserializer, "header name", HeaderName::from_str)
+}
+
+/// A CIDR, or a bare IP meaning just that address.
+struct Cidr(IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        parse_str(deserializer, "CIDR", |text| {
+            IpNet::from_str(text)
+                .or_else(|error| IpAddr::from_str(text).map(IpNet::from).map_err(|_| error))
+        })
+        .map(Cidr)
+    }
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    // Element by element, so that an error names its index.
+    let nets = Vec::<Cidr>::deserialize(deserializer)?;
+    Ok(nets.into_iter().map(|Cidr(net)| net).collect())
+}
+
+/// A duration in humantime form: `"250ms"`, `"5s"`, `"1m 30s"`.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    parse_str(deserializer, "duration", humantime::parse_duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CONTRACT.md §2, verbatim.
+    const FULL: &str = r#"
+[server]
+listen = "127.0.0.1:5050"
+shutdown_grace = "30s"
+trusted_proxies = []              # CIDRs whose X-Forwarded-For may name the client
+
+[auth]                            # optional; absent = no auth anywhere
+header = "x-api-key"              # default
+[[auth.keys]]
+id = "alice"                      # identity: the rate-limit key and what logs show
+key = "alice-secret"              # or key_env = "ALICE_KEY"
+
+[admin]                           # optional: /metrics (Prometheus), /healthz, /readyz
+listen = "127.0.0.1:9090"
+
+[rate_limit_store]                # optional: share rate limits between instances
+url = "redis://127.0.0.1:6379"
+timeout = "50ms"                  # per decision
+on_error = "allow"                # "allow" (fail open) or "deny" (fail closed, 503)
+
+[[routes]]
+prefix = "/api/a"                 # longest prefix wins, matched on a segment boundary
+upstreams = ["http://127.0.0.1:5051"]   # several: round-robin
+strip_prefix = true               # default true: /api/a/ping?x=1 -> /ping?x=1
+timeout = "5s"                    # per attempt, until the response head arrives; default 30s
+anonymous = ["/health"]           # sub-path prefixes (segment boundary) reachable without a key
+
+[routes.rate_limit]               # optional: per route, per client
+requests = 100
+window = "1m"
+
+[routes.bulkhead]                 # optional: per route, all clients together
+max_concurrent = 64
+
+[routes.circuit_breaker]          # optional: per route
+failure_threshold = 5             # consecutive failures that open it
+cooldown = "30s"
+
+[routes.retry]                    # optional
+max_retries = 2                   # extra attempts after the first
+base_delay = "100ms"
+"#;
+
+    const ROUTE: &str =
+        "[[routes]]\nprefix = \"/api/a\"\nupstreams = [\"http://127.0.0.1:5051\"]\n";
+
+    /// Parses without the support check, so the unsupported sections can be inspected.
+    fn parse_only(text: &str) -> Config {
+        let deserializer = toml::de::Deserializer::parse(text).unwrap();
+        serde_path_to_error::deserialize(deserializer).unwrap()
+    }
+
+    /// The error for `text`, checked to be one line.
+    fn error(text: &str) -> String {
+        let message = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(!message.contains('\n'), "not one line: {message:?}");
+        assert!(!message.ends_with('.'), "trailing period: {message:?}");
+        message
+    }
+
+    #[test]
+    fn the_full_contract_example_parses() {
+        let config = parse_only(FULL);
+        assert_eq!(config.server.listen, "127.0.0.1:5050".parse().unwrap());
+        let auth = config.auth.as_ref().unwrap();
+        assert_eq!(auth.header, "x-api-key");
+        assert_eq!(auth.keys[0].id, "alice");
+        assert!(!format!("{auth:?}").contains("alice-secret"));
+        assert_eq!(config.admin.as_ref().unwrap().listen.port(), 9090);
+        let store = config.rate_limit_store.as_ref().unwrap();
+        assert_eq!(store.timeout, Duration::from_millis(50));
+        assert_eq!(store.on_error, OnError::Allow);
+        let route = &config.routes[0];
+        assert_eq!(route.timeout, Duration::from_secs(5));
+        assert_eq!(route.anonymous, ["/health"]);
+        let limit = route.rate_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests, limit.window),
+            (100, Duration::from_secs(60))
+        );
+        assert_eq!(route.bulkhead.as_ref().unwrap().max_concurrent, 64);
+        let breaker = route.circuit_breaker.as_ref().unwrap();
+        assert_eq!(
+            (breaker.failure_threshold, breaker.cooldown),
+            (5, Duration::from_secs(30))
+        );
+        let retry = route.retry.as_ref().unwrap();
+        assert_eq!(
+            (retry.max_retries, retry.base_delay),
+            (2, Duration::from_millis(100))
+        );
+
+        // Every value checks out; only the support check refuses it, section by section.
+        let mut config = config;
+        let mut refused = Vec::new();
+        while let Err(error) = config.validate() {
+            let ConfigError::Unsupported { key } = error else {
+                panic!("{error}");
+            };
+            let route = &mut config.routes[0];
+            match key.as_str() {
+                "auth" => config.auth = None,
+                "admin" => config.admin = None,
+                "rate_limit_store" => config.rate_limit_store = None,
+                "routes[0].anonymous" => route.anonymous.clear(),
+                "routes[0].rate_limit" => route.rate_limit = None,
+                "routes[0].bulkhead" => route.bulkhead = None,
+                "routes[0].circuit_breaker" => route.circuit_breaker = None,
+                "routes[0].retry" => route.retry = None,
+                other => panic!("unexpected {other}"),
+            }
+            refused.push(key);
+        }
+        assert_eq!(refused.len(), 8, "{refused:?}");
+        assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
+        assert_eq!(
+            Config::from_toml_str(FULL).unwrap_err().to_string(),
+            "auth: not supported yet"
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_toml_str(ROUTE).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:5050".parse().unwrap());
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+        assert!(config.server.trusted_proxies.is_empty());
+        let route = &config.routes[0];
+        assert!(route.strip_prefix);
+        assert_eq!(route.timeout, Duration::from_secs(30));
+        assert!(route.anonymous.is_empty());
+        assert!(route.rate_limit.is_none() && route.retry.is_none());
+
+        let auth = parse_only("[auth]\n[[auth.keys]]\nid = \"a\"\nkey = \"k\"\n")
+            .auth
+            .unwrap();
+        assert_eq!(auth.header, "x-api-key");
+        let store = parse_only("[rate_limit_store]\nurl = \"redis://h\"\n")
+            .rate_limit_store
+            .unwrap();
+        assert_eq!(
+            (store.timeout, store.on_error),
+            (Duration::from_millis(50), OnError::Allow)
+        );
+    }
+
+    #[test]
+    fn server_values_parse() {
+        let config = Config::from_toml_str(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\nshutdown_grace = \"1m 30s\"\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{ROUTE}"
+        ))
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(90));
+        assert_eq!(
+            config.server.trusted_proxies,
+            [
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let route = |extra: &str| format!("{ROUTE}{extra}\n");
+        let cases: Vec<(String, &str)> = vec![
+            ("[server]\nlisten = ".into(), "syntax error at line 2, column 10: "),
+            (route("foo = 1"), "routes[0].foo: unknown field `foo`"),
+            ("[sever]\n".into(), "sever: unknown field `sever`"),
+            ("[[routes]]\nprefix = \"/a\"\n".into(), "routes[0]: missing field `upstreams`"),
+            (route("timeout = \"5 parsecs\""), "routes[0].timeout: invalid duration \"5 parsecs\": "),
+            (route("timeout = 5"), "routes[0].timeout: invalid type: integer `5`"),
+            (route("timeout = \"0s\""), "routes[0].timeout: must be greater than zero"),
+            (
+                "[server]\nlisten = \"localhost\"\n".into(),
+                "server.listen: invalid socket address \"localhost\"",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n".into(),
+                "server.trusted_proxies[1]: invalid CIDR \"nope\"",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://h:1\", \"https://h\"]\n".into(),
+                "routes[0].upstreams[1]: unsupported scheme",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"not a url\"]\n".into(),
+                "routes[0].upstreams[0]: invalid upstream URL",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = []\n".into(),
+                "routes[0].upstreams: a route needs at least one upstream",
+            ),
+            (
+                "[[routes]]\nprefix = \"a/\"\nupstreams = [\"http://h\"]\n".into(),
+                "routes[0].prefix: invalid route prefix \"a/\"",
+            ),
+            (
+                format!("{ROUTE}{ROUTE}"),
+                "routes[1].prefix: duplicate route prefix \"/api/a\"",
+            ),
+            (
+                route("[routes.rate_limit]\nrequests = 0\nwindow = \"1m\""),
+                "routes[0].rate_limit.requests: must be greater than zero",
+            ),
+            (
+                route("[routes.rate_limit]\nrequests = 10\nwindow = \"0s\""),
+                "routes[0].rate_limit.window: must be greater than zero",
+            ),
+            (
+                route("[routes.rate_limit]\nrequests = -1\nwindow = \"1s\""),
+                "routes[0].rate_limit.requests: invalid value: integer `-1`",
+            ),
+            (
+                route("[routes.bulkhead]\nmax_concurrent = 0"),
+                "routes[0].bulkhead.max_concurrent: must be greater than zero",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_threshold = 0\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.failure_threshold: must be greater than zero",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_threshold = 1\ncooldown = \"0ms\""),
+                "routes[0].circuit_breaker.cooldown: must be greater than zero",
+            ),
+            (
+                route("[routes.retry]\nmax_retries = 1\nbase_delay = \"soon\""),
+                "routes[0].retry.base_delay: invalid duration \"soon\"",
+            ),
+            (
+                route("anonymous = [\"health\"]"),
+                "routes[0].anonymous[0]: \"health\" must start with '/'",
+            ),
+            (
+                "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"TOWER_GATEWAY_TEST_UNSET_VAR\"\n"
+                    .into(),
+                "auth.keys[0].key_env: environment variable TOWER_GATEWAY_TEST_UNSET_VAR is not set",
+            ),
+            (
+                "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey = \"k\"\nkey_env = \"K\"\n".into(),
+                "auth.keys[0]: set exactly one of `key` and `key_env`",
+            ),
+            (
+                "[auth]\n[[auth.keys]]\nid = \"alice\"\n".into(),
+                "auth.keys[0]: set exactly one of `key` and `key_env`",
+            ),
+            (
+                "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey = \"\"\n".into(),
+                "auth.keys[0].key: the key must not be empty",
+            ),
+            (
+                "[auth]\nheader = \"bad header\"\n".into(),
+                "auth.header: invalid header name \"bad header\"",
+            ),
+            (
+                "[rate_limit_store]\nurl = \"redis://h\"\non_error = \"maybe\"\n".into(),
+                "rate_limit_store.on_error: unknown variant `maybe`",
+            ),
+            (
+                "[rate_limit_store]\nurl = \"http://h\"\n".into(),
+                "rate_limit_store.url: expected a redis:// or rediss:// URL",
+            ),
+            ("[admin]\nlisten = \"127.0.0.1:9090\"\n".into(), "admin: not supported yet"),
+            (
+                route("[routes.retry]\nmax_retries = 2\nbase_delay = \"100ms\""),
+                "routes[0].retry: not supported yet",
+            ),
+            (route("anonymous = [\"/health\"]"), "routes[0].anonymous: not supported yet"),
+        ];
+        for (text, expected) in cases {
+            let message = error(&text);
+            assert!(message.starts_with(expected), "{message:?} for\n{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_line_and_column() {
+        let message = error("[server]\nlisten = \"127.0.0.1:1\"\nshutdown_grace = 30s\n");
+        assert!(
+            message.starts_with("syntax error at line 3, column 18: "),
+            "{message}"
+        );
+        // Columns count characters, not bytes.
+        let message = error("# é\n[[routes]]\nprefix = \"/é\" x\n");
+        assert!(
+            message.starts_with("syntax error at line 3, column 15: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_set_key_env_variable_is_accepted() {
+        // The variable every test process has: the check reads it, then `auth` is refused.
+        let text = "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"PATH\"\n";
+        assert_eq!(error(text), "auth: not supported yet");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let path = Path::new("/nonexistent/tower-gateway.toml");
+        let message = Config::load(path).unwrap_err().to_string();
+        assert!(
+            message.starts_with("cannot read /nonexistent/tower-gateway.toml: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_builder_gets_every_route() {
+        let config = Config::from_toml_str(&format!(
+            "{ROUTE}[[routes]]\nprefix = \"/b\"\nupstreams = [\"http://127.0.0.1:1/base\"]\n\
+             strip_prefix = false\n"
+        ))
+        .unwrap();
+        let gateway = config
+            .gateway_builder::<hyper::body::Incoming>()
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            format!("{gateway:?}"),
+            r#"Gateway { routes: ["/api/a", "/b"], .. }"#
+        );
+    }
+}

@@ -245,9 +245,11 @@ impl Rejection {
         self
     }
 
-    /// Sets the correlation ID shown in the body.
-    pub fn with_correlation_id(mut self, id: CorrelationId) -> Self {
-        self.correlation_id = Some(id);
+    /// Sets the correlation ID shown in the body (`None` leaves it as it is).
+    pub fn with_correlation_id(mut self, id: impl Into<Option<CorrelationId>>) -> Self {
+        if let Some(id) = id.into() {
+            self.correlation_id = Some(id);
+        }
         self
     }
 

@@ -196,10 +196,8 @@ where
             return Poll::Pending;
         }
         let (correlation_id, mut render) = this.answer.take().expect("polled after completion");
-        let mut rejection = Rejection::new(RejectionKind::GatewayTimeout);
-        if let Some(id) = correlation_id {
-            rejection = rejection.with_correlation_id(id);
-        }
+        let rejection =
+            Rejection::new(RejectionKind::GatewayTimeout).with_correlation_id(correlation_id);
         Poll::Ready(Ok(rejection.into_response_with(&mut render)))
     }
 }

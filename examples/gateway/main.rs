@@ -1,1 +1,207 @@
-fn main() {}
+//! The bundled example gateway: a TOML config in, a hardened gateway out (CONTRACT.md §1).
+//!
+//! Run it with `cargo run --example gateway`, then:
+//! ```text
+//! curl -i localhost:5050/api/a/ping
+//! curl -i localhost:5050/api/b/echo
+//! ```
+//! With no `--config` it serves the embedded [`DEFAULT_CONFIG`] and starts two demo upstreams
+//! in the same process (see `demo_upstreams.rs`): A on 127.0.0.1:5051 behind `/api/a`, B on
+//! 127.0.0.1:5052 behind `/api/b`. With `--config FILE` it serves that file's routes only.
+//! `--listen ADDR` overrides `server.listen`; `RUST_LOG` sets the log filter (default `info`).
+//!
+//! SIGTERM or Ctrl-C stops accepting, lets in-flight requests finish for up to
+//! `server.shutdown_grace`, and exits 0. A bad config or argument is one line on stderr and
+//! exit code 1 (2 for a bad command line).
+
+mod demo_upstreams;
+
+use std::error::Error;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tower_gateway::config::Config;
+use tower_gateway::server::Server;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: gateway [--config FILE] [--listen ADDR] [--help]";
+
+const HELP: &str = "\
+gateway: the tower-gateway example gateway
+
+usage: gateway [--config FILE] [--listen ADDR] [--help]
+
+  --config FILE   serve the routes of a TOML config file (the format is CONTRACT.md §2)
+  --listen ADDR   listen on ADDR instead of server.listen (port 0 picks a free port)
+  --help          show this help
+
+Without --config it serves the config below and starts its two demo upstreams, A on
+127.0.0.1:5051 and B on 127.0.0.1:5052, each answering /ping, /slow?ms=N, /fail?rate=R,
+/echo and /health. Try: curl -i localhost:5050/api/a/ping
+
+RUST_LOG sets the log filter (default info). SIGTERM or Ctrl-C shuts down gracefully.
+
+The embedded config:
+";
+
+/// The config served without `--config`.
+// The `[auth]` section (key `dev-key`) and `anonymous = ["/health"]` on both routes arrive
+// with the admission-control release; until then the demo routes are open.
+const DEFAULT_CONFIG: &str = r#"[server]
+listen = "127.0.0.1:5050"
+shutdown_grace = "30s"
+
+[[routes]]
+prefix = "/api/a"
+upstreams = ["http://127.0.0.1:5051"]
+timeout = "5s"
+
+[[routes]]
+prefix = "/api/b"
+upstreams = ["http://127.0.0.1:5052"]
+timeout = "5s"
+"#;
+
+/// The demo upstreams of [`DEFAULT_CONFIG`].
+const DEMO_UPSTREAMS: [(&str, &str); 2] = [("A", "127.0.0.1:5051"), ("B", "127.0.0.1:5052")];
+
+/// What the command line asks for.
+#[derive(Debug, Default)]
+struct Args {
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    help: bool,
+}
+
+impl Args {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "--config" => parsed.config = Some(value()?.into()),
+                "--listen" => {
+                    let addr = value()?;
+                    let addr = addr
+                        .parse()
+                        .map_err(|error| format!("--listen {addr:?}: {error}"))?;
+                    parsed.listen = Some(addr);
+                }
+                "-h" | "--help" if inline.is_none() => parsed.help = true,
+                _ => return Err(format!("unexpected argument {arg:?}")),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("gateway: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        print!("{HELP}{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::from_toml_str(DEFAULT_CONFIG)?,
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let gateway = config.gateway_builder()?.build()?;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // One thread when pinned to one CPU (as the benchmark does): cheaper than a scheduler
+    // with a single worker.
+    let mut runtime = if std::thread::available_parallelism().map_or(1, NonZeroUsize::get) == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = runtime.enable_all().build()?;
+
+    runtime.block_on(async {
+        if args.config.is_none() {
+            for (name, addr) in DEMO_UPSTREAMS {
+                demo_upstreams::spawn(name, addr.parse()?).await?;
+            }
+        }
+        // Signal handlers go in before the first connection, so no SIGTERM kills us rudely.
+        let shutdown = shutdown_signal()?;
+        let listen = config.server.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+        let addr = listener.local_addr()?;
+        // Scripts and tests wait for this line, so it is printed whatever the log filter.
+        if tracing::enabled!(tracing::Level::INFO) {
+            tracing::info!("listening on {addr}");
+        } else {
+            eprintln!("listening on {addr}");
+        }
+        Server::new()
+            .shutdown_grace(config.server.shutdown_grace)
+            .serve(listener, gateway, shutdown)
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on the first SIGTERM or Ctrl-C (SIGINT).
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("interrupted, shutting down"),
+                _ = terminate.recv() => tracing::info!("terminated, shutting down"),
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("interrupted, shutting down");
+        })
+    }
+}

@@ -324,10 +324,16 @@ impl Future for ResponseFuture {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client) = client_upgrade.take() {
-                            let upstream = hyper::upgrade::on(&mut res);
-                            tokio::spawn(upgrade::tunnel(client, upstream));
-                        }
+                        let Some(client) = client_upgrade.take() else {
+                            // Nothing to join it to: the client would wait on a dead socket.
+                            let rejection = Rejection::new(RejectionKind::BadGateway)
+                                .with_detail("the upstream switched protocols unasked");
+                            return Poll::Ready(Ok(rejection
+                                .with_correlation_id(correlation_id.take())
+                                .into_response()));
+                        };
+                        let upstream = hyper::upgrade::on(&mut res);
+                        tokio::spawn(upgrade::tunnel(client, upstream));
                     }
                     Poll::Ready(Ok(res.map(GatewayBody::stream)))
                 }

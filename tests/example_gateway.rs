@@ -1,0 +1,390 @@
+//! The example gateway binary end to end (CONTRACT.md §1): bad configs, proxying, graceful
+//! shutdown on SIGTERM, and the embedded default with its demo upstreams.
+#![cfg(all(unix, feature = "proxy", feature = "config"))]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// The bound on every wait.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The example binary, built once per test run: `cargo test --test example_gateway` does not
+/// build examples, and a stale binary would test old code.
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let built = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--example",
+                "gateway",
+                "--features",
+                "proxy,config",
+            ])
+            .current_dir(manifest)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            built.status.success(),
+            "cargo build --example gateway failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        // `join` keeps an absolute CARGO_TARGET_DIR as it is.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
+        target.join("debug/examples/gateway")
+    })
+}
+
+/// A running gateway process, killed on drop, with its stderr lines on a channel.
+struct Gateway {
+    child: Child,
+    stderr: Receiver<String>,
+}
+
+impl Gateway {
+    fn spawn(args: &[&str], rust_log: &str) -> Self {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the gateway starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, stderr: rx }
+    }
+
+    /// Waits for the `listening on ADDR` line and returns ADDR.
+    fn listening(&self) -> SocketAddr {
+        loop {
+            let line = match self.stderr.recv_timeout(WAIT) {
+                Ok(line) => line,
+                Err(error) => panic!("no `listening on` line: {error}"),
+            };
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                return addr
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(waited < WAIT, "the gateway did not exit within {WAIT:?}");
+            thread::sleep(Duration::from_millis(20));
+            waited += Duration::from_millis(20);
+        }
+    }
+
+    /// Waits for the exit and everything it wrote to stderr.
+    fn output(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.wait();
+        let mut lines = Vec::new();
+        loop {
+            match self.stderr.recv_timeout(WAIT) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => return (status, lines),
+                Err(RecvTimeoutError::Timeout) => panic!("stderr stays open: {lines:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A config file in the temp directory, removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let file = format!("tower-gateway-{}-{name}.toml", std::process::id());
+        let path = std::env::temp_dir().join(file);
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp dir")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An upstream on `127.0.0.1:0` that waits `delay`, answers `pong`, and records the path and
+/// query of every request.
+fn upstream(delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let record = Arc::clone(&record);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let path = req.uri().path_and_query().map(ToString::to_string);
+                    record.lock().unwrap().extend(path);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("pong"))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// `GET path` over a fresh connection with `Connection: close`: the status and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole response");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "expected a sized body: {head}"
+    );
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    (status.expect("a status line"), body.to_owned())
+}
+
+fn route_to(upstream: SocketAddr) -> String {
+    format!("[[routes]]\nprefix = \"/api/a\"\nupstreams = [\"http://{upstream}\"]\n")
+}
+
+#[test]
+fn bad_configs_exit_with_one_line_naming_the_key() {
+    let route = route_to("127.0.0.1:1".parse().unwrap());
+    let cases = [
+        (
+            "syntax",
+            "[server]\nlisten = \n".to_owned(),
+            "syntax error at line 2",
+        ),
+        (
+            "unknown-key",
+            format!("{route}foo = 1\n"),
+            "routes[0].foo: unknown field",
+        ),
+        (
+            "duration",
+            format!("{route}timeout = \"5 parsecs\"\n"),
+            "routes[0].timeout: invalid duration",
+        ),
+        (
+            "url",
+            "[[routes]]\nprefix = \"/a\"\nupstreams = [\"ftp://h\"]\n".to_owned(),
+            "routes[0].upstreams[0]: unsupported scheme",
+        ),
+        (
+            "zero",
+            format!("{route}[routes.bulkhead]\nmax_concurrent = 0\n"),
+            "routes[0].bulkhead.max_concurrent: must be greater than zero",
+        ),
+        (
+            "duplicate",
+            format!("{route}{route}"),
+            "routes[1].prefix: duplicate route prefix \"/api/a\"",
+        ),
+        (
+            "key-env",
+            "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"TOWER_GATEWAY_UNSET_KEY\"\n"
+                .to_owned(),
+            "auth.keys[0].key_env: environment variable TOWER_GATEWAY_UNSET_KEY is not set",
+        ),
+        (
+            "unsupported",
+            format!("{route}[routes.rate_limit]\nrequests = 10\nwindow = \"1s\"\n"),
+            "routes[0].rate_limit: not supported yet",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let file = ConfigFile::new(name, &text);
+        let (status, stderr) = Gateway::spawn(&["--config", file.path()], "info").output();
+        assert_eq!(status.code(), Some(1), "{name}: {stderr:?}");
+        assert_eq!(stderr.len(), 1, "{name}: not one line: {stderr:?}");
+        let line = &stderr[0];
+        assert!(line.starts_with("gateway: "), "{name}: {line}");
+        assert!(
+            line.contains(expected),
+            "{name}: {line:?} lacks {expected:?}"
+        );
+        let lower = line.to_lowercase();
+        assert!(
+            !lower.contains("panicked") && !lower.contains("backtrace"),
+            "{line}"
+        );
+    }
+
+    let (status, stderr) = Gateway::spawn(&["--config", "/nonexistent.toml"], "info").output();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr,
+        ["gateway: cannot read /nonexistent.toml: No such file or directory (os error 2)"]
+    );
+}
+
+#[test]
+fn a_bad_command_line_prints_the_usage_and_exits_2() {
+    for args in [&["--bogus"][..], &["--listen"], &["--listen", "nowhere"]] {
+        let (status, stderr) = Gateway::spawn(args, "info").output();
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        assert!(stderr[0].starts_with("gateway: "), "{stderr:?}");
+        assert!(stderr.iter().any(|line| line.starts_with("usage: gateway")));
+    }
+}
+
+#[test]
+fn proxies_to_the_configured_upstream() {
+    let (upstream, seen) = upstream(Duration::ZERO);
+    let file = ConfigFile::new("proxy", &route_to(upstream));
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let addr = gateway.listening();
+    assert_ne!(addr.port(), 0);
+
+    assert_eq!(get(addr, "/api/a/ping?x=1"), (200, "pong".to_owned()));
+    assert_eq!(*seen.lock().unwrap(), ["/ping?x=1"]);
+    assert_eq!(get(addr, "/nowhere").0, 404);
+
+    gateway.terminate();
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let (upstream, seen) = upstream(Duration::from_millis(1500));
+    let config = format!("[server]\nshutdown_grace = \"10s\"\n{}", route_to(upstream));
+    let file = ConfigFile::new("shutdown", &config);
+    // At `warn` the `listening on` line must still be printed.
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "warn",
+    );
+    let addr = gateway.listening();
+
+    let in_flight = thread::spawn(move || get(addr, "/api/a/slow"));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the request reached the upstream"
+    );
+    gateway.terminate();
+
+    // It stops accepting at once, while the request is still in flight.
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            refused = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "new connections are refused after SIGTERM");
+    assert!(!in_flight.is_finished(), "the upstream is still sleeping");
+
+    assert_eq!(in_flight.join().unwrap(), (200, "pong".to_owned()));
+    assert!(gateway.wait().success());
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err());
+}
+
+#[test]
+fn the_embedded_default_serves_the_demo_upstreams() {
+    let ports = ["127.0.0.1:5050", "127.0.0.1:5051", "127.0.0.1:5052"];
+    if ports
+        .iter()
+        .any(|addr| std::net::TcpListener::bind(addr).is_err())
+    {
+        eprintln!("skipped: ports 5050-5052 are not all free");
+        return;
+    }
+    let mut gateway = Gateway::spawn(&[], "info");
+    let addr = gateway.listening();
+    assert_eq!(addr, "127.0.0.1:5050".parse().unwrap());
+
+    let (status, body) = get(addr, "/api/a/ping");
+    assert_eq!((status, body.trim()), (200, "pong"));
+    let (status, body) = get(addr, "/api/b/echo?x=1");
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["path"], "/echo?x=1");
+    assert_eq!(echo["upstream"], "B");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    gateway.terminate();
+    assert!(gateway.wait().success());
+}
