@@ -1,9 +1,11 @@
 //! Each layer's pass-through cost against a bare service, per request.
 //!
-//! Each group is one request shape. In a group every row drives the same `service_fn`
-//! (which answers at once with two headers) through `poll_ready` and `call` on a clone of the
-//! same request, so a layer's overhead is its row minus the group's `bare` row. Run with
-//! `cargo bench --bench layers`.
+//! Each group is one request shape. Every row drives the same `service_fn` (which answers at
+//! once with two headers) through `poll_ready` and `call` on a freshly built request. The
+//! `bare` row is the absolute time of that; every other row is a layer's *overhead*: its
+//! time minus the bare service's, measured interleaved (see [`overhead`]) because on a
+//! shared 2-core machine two rows measured a minute apart differ by more than a layer costs.
+//! Run with `cargo bench --bench layers`.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -12,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use criterion::{
@@ -112,12 +116,48 @@ where
     }
 }
 
+/// The `bare` row: the absolute time of one request through the bare service.
 fn row<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, template: &Template, mut svc: S)
 where
     S: Service<Req, Response = Res, Error = Infallible>,
 {
     group.bench_function(name, |b| {
         b.iter(|| black_box(drive(&mut svc, template.build())))
+    });
+}
+
+/// A layer's row: its overhead, the time of a request through `svc` minus one through the
+/// bare service, measured in alternating blocks of 128 so that whatever drifts on a shared
+/// machine (other tenants, frequency) hits both sides alike.
+fn overhead<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    template: &Template,
+    mut svc: S,
+) where
+    S: Service<Req, Response = Res, Error = Infallible>,
+{
+    let mut base = bare();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (mut bare_time, mut layered_time) = (Duration::ZERO, Duration::ZERO);
+            let mut done = 0;
+            while done < iters {
+                let n = (iters - done).min(128);
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(drive(&mut base, template.build()));
+                }
+                bare_time += start.elapsed();
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(drive(&mut svc, template.build()));
+                }
+                layered_time += start.elapsed();
+                done += n;
+            }
+            layered_time.saturating_sub(bare_time)
+        })
     });
 }
 
@@ -131,13 +171,13 @@ fn layers(c: &mut Criterion) {
     let template = Template::new(&[]);
     let mut group = c.benchmark_group("plain");
     row(&mut group, "bare", &template, bare());
-    row(
+    overhead(
         &mut group,
         "hop_by_hop",
         &template,
         HopByHopLayer::new().layer(bare()),
     );
-    row(
+    overhead(
         &mut group,
         "correlation_id_generate",
         &template,
@@ -150,10 +190,10 @@ fn layers(c: &mut Criterion) {
         .route("/static", false, bare())
         .build()
         .unwrap();
-    row(&mut group, "router_strip", &template, router);
+    overhead(&mut group, "router_strip", &template, router);
     // The timeout (its timer is armed only if the inner future is pending, which this bare
     // service never is: behind the proxy it always is, so this row is a lower bound).
-    row(
+    overhead(
         &mut group,
         "timeout",
         &template,
@@ -163,7 +203,7 @@ fn layers(c: &mut Criterion) {
         .layer(CorrelationIdLayer::new())
         .layer(HopByHopLayer::new())
         .service(bare());
-    row(
+    overhead(
         &mut group,
         "correlation_id_generate+hop_by_hop",
         &template,
@@ -175,7 +215,7 @@ fn layers(c: &mut Criterion) {
     let template = Template::new(&[("x-correlation-id", CLIENT_ID)]);
     let mut group = c.benchmark_group("client_id");
     row(&mut group, "bare", &template, bare());
-    row(
+    overhead(
         &mut group,
         "correlation_id_keep",
         &template,
@@ -191,14 +231,14 @@ fn layers(c: &mut Criterion) {
         res.headers_mut().insert(X_CORRELATION_ID, value);
         ready(Ok(res))
     });
-    row(&mut group, "floor_correlation_id", &template, floor);
+    overhead(&mut group, "floor_correlation_id", &template, floor);
     group.finish();
 
     // An HTTP/1.0-style keep-alive request: two hop-by-hop headers to remove.
     let template = Template::new(&[("connection", "keep-alive"), ("keep-alive", "timeout=5")]);
     let mut group = c.benchmark_group("keep_alive");
     row(&mut group, "bare", &template, bare());
-    row(
+    overhead(
         &mut group,
         "hop_by_hop",
         &template,
