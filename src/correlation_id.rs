@@ -213,20 +213,7 @@ impl<S> SetCorrelationId<S> {
 }
 
 impl<S, M> SetCorrelationId<S, M> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<S, M, ReqB, ResB> Service<Request<ReqB>> for SetCorrelationId<S, M>

@@ -64,6 +64,9 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 pub mod body;
 pub mod extensions;
 pub mod rejection;

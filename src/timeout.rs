@@ -120,20 +120,7 @@ impl<S> Timeout<S> {
 }
 
 impl<S, R> Timeout<S, R> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<S, R, ReqB, ResB> Service<Request<ReqB>> for Timeout<S, R>
