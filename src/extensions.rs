@@ -39,6 +39,7 @@ impl CorrelationId {
     }
 
     /// Wraps a value the caller has already made valid (a generated ID).
+    #[cfg(feature = "correlation-id")]
     pub(crate) fn from_valid(value: HeaderValue) -> Self {
         debug_assert!(Self::is_valid(value.as_bytes()));
         Self(value)

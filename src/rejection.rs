@@ -315,6 +315,15 @@ impl Rejection {
     where
         R: RenderRejection<B>,
     {
+        // A debug event, so a flood of rejections writes nothing at `info`. The path, never
+        // the query, which can carry a token.
+        tracing::debug!(
+            rejection = ?self.kind,
+            status = self.status().as_u16(),
+            correlation_id = self.correlation_id().map_or("", CorrelationId::as_str),
+            path = self.instance().unwrap_or(""),
+            "rejected",
+        );
         let mut response = render.render(&self);
         *response.status_mut() = self.status();
         for (name, value) in &self.headers {
