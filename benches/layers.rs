@@ -24,6 +24,7 @@ use criterion::{
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceBuilder};
+use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::route::Router;
@@ -182,6 +183,16 @@ fn layers(c: &mut Criterion) {
         "correlation_id_generate",
         &template,
         CorrelationIdLayer::new().layer(bare()),
+    );
+    // API-key auth, allow path: the template carries alice's key; 100 keys in the set.
+    let keys = (0..99).fold(KeySet::new().key("alice", "alice-secret"), |set, i| {
+        set.key(format!("user-{i}"), format!("secret-{i}"))
+    });
+    overhead(
+        &mut group,
+        "api_key_allow",
+        &template,
+        ApiKeyAuthLayer::new(keys).layer(bare()),
     );
     // The router: three routes, the longest of which matches and has its prefix stripped.
     let router = Router::builder()

@@ -1,4 +1,5 @@
-//! Typed request extensions that several layers read: [`CorrelationId`] and [`PeerAddr`].
+//! Typed request extensions that several layers read: [`CorrelationId`], [`PeerAddr`] and
+//! [`Identity`].
 //!
 //! They live here, not in the layer that sets them, because concern modules never import each
 //! other: the rate limiter, the proxy and every rejection read them without depending on
@@ -6,6 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::HeaderValue;
 
@@ -94,3 +96,64 @@ impl fmt::Display for CorrelationId {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// Who made the request, as an authentication layer established it: an id (never the
+/// credential) and the scopes it grants.
+///
+/// [`ApiKeyAuthLayer`](crate::api_key::ApiKeyAuthLayer) puts it in the request extensions;
+/// the rate limiter keys on it, and handlers and logs show [`id`](Self::id). Cloning is a
+/// reference-count bump.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identity(Arc<IdentityInner>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct IdentityInner {
+    id: Box<str>,
+    scopes: Box<[Box<str>]>,
+}
+
+impl Identity {
+    /// An identity with no scopes.
+    pub fn new(id: impl Into<Box<str>>) -> Self {
+        Self(Arc::new(IdentityInner {
+            id: id.into(),
+            scopes: Box::new([]),
+        }))
+    }
+
+    /// Grants `scopes` (replacing any granted before).
+    pub fn with_scopes<I>(self, scopes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<Box<str>>,
+    {
+        Self(Arc::new(IdentityInner {
+            id: self.0.id.clone(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    /// The id: what logs show and what the rate limiter keys on.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The scopes granted.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.0.scopes.iter().map(|s| &**s)
+    }
+
+    /// Whether `scope` is granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0.scopes.iter().any(|s| &**s == scope)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id())
+            .field("scopes", &self.0.scopes)
+            .finish()
+    }
+}

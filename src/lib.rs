@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer): keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
 //! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer): strips hop-by-hop headers both ways, WebSocket upgrades excepted |
+//! | [`api_key`] | [`ApiKeyAuthLayer`](api_key::ApiKeyAuthLayer): keys kept as SHA-256 digests, an [`Identity`] per key, anonymous paths, scopes, `401`/`403` |
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
 //! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
@@ -20,8 +21,9 @@
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //!
-//! API-key auth, rate limit, bulkhead, circuit breaker and retry are on their way; they slot
-//! into each route's stack in the order [`builder`] documents.
+//! Rate limit, bulkhead, circuit breaker and retry are on their way, and API-key auth joins
+//! the builder and the config with them; they slot into each route's stack in the order
+//! [`builder`] documents.
 //!
 //! The bundled example gateway runs all of it from a TOML file:
 //! `cargo run --example gateway` (see `examples/gateway/main.rs`).
@@ -54,7 +56,7 @@
 //! ```
 //!
 //! # Features
-//! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `proxy` for the
+//! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`, `proxy` for the
 //! proxy, router, builder and server, `config`), all on by default through `full`. The
 //! [`rejection`], [`body`] and [`extensions`] modules are always present.
 //!
@@ -83,6 +85,10 @@ pub mod hop_by_hop;
 #[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
 pub mod timeout;
 
+#[cfg(feature = "api-key")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api-key")))]
+pub mod api_key;
+
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod builder;
@@ -100,7 +106,7 @@ pub mod server;
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
 
-pub use extensions::{CorrelationId, PeerAddr};
+pub use extensions::{CorrelationId, Identity, PeerAddr};
 pub use rejection::{Rejection, RejectionKind};
 
 // The README's code compiles as part of the doc tests.
