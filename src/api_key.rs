@@ -90,6 +90,15 @@ pub trait KeyStore: Send + Sync + 'static {
     fn lookup(&self, key: &HeaderValue) -> Lookup<Self::Future>;
 }
 
+impl<K: KeyStore> KeyStore for Arc<K> {
+    type Future = K::Future;
+
+    #[inline]
+    fn lookup(&self, key: &HeaderValue) -> Lookup<Self::Future> {
+        (**self).lookup(key)
+    }
+}
+
 /// A [`KeyStore`]'s answer: now, or when the future resolves.
 #[derive(Debug)]
 pub enum Lookup<F> {

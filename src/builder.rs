@@ -6,13 +6,14 @@
 //!             HopByHop        neither side sees the other's connection headers
 //!             Router          404 / 400 before any policy: no token spent, no breaker touched
 //!             ├─ your route layers (Route::layer), outermost first
+//!             ApiKeyAuth      when auth is on: 401 / 403 before any limit is spent
 //!             Timeout         per attempt, until the response head: 504
 //!             ProxyService    streams to an upstream and back: 502 when unreachable
 //! ```
 //!
-//! The per-route policies of the coming releases (auth, rate limit, circuit breaker,
-//! bulkhead, retry) slot in between the router and the timeout, in that order, so that an
-//! open circuit answers before the bulkhead and each retry attempt gets a fresh timeout.
+//! The per-route policies of the coming releases (rate limit, circuit breaker, bulkhead,
+//! retry) slot in between auth and the timeout, in that order, so that an open circuit
+//! answers before the bulkhead and each retry attempt gets a fresh timeout.
 //!
 //! # Example
 //! ```no_run
@@ -53,6 +54,7 @@ use pin_project_lite::pin_project;
 use tower::util::{BoxCloneSyncService, Either};
 use tower::{Layer, Service};
 
+use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
@@ -65,8 +67,11 @@ use crate::timeout::{Timeout, TimeoutLayer};
 /// The response of every gateway stack.
 pub type GatewayResponse = Response<GatewayBody<Incoming>>;
 
-/// A route's stack when it has no layers of the user's.
-pub type RouteStack<B> = Timeout<ProxyService<B>>;
+/// A route's stack when it has no layers of the user's: with auth when it is on.
+pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B>>;
+
+/// The policies every route has, inside auth.
+pub type Policies<B> = Timeout<ProxyService<B>>;
 
 /// A route's stack with the user's layers around it, type-erased.
 pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
@@ -84,6 +89,7 @@ pub struct Route<B = Incoming> {
     upstreams: Vec<String>,
     strip_prefix: bool,
     timeout: Duration,
+    anonymous: Vec<String>,
     layers: Vec<WrapFn<B>>,
 }
 
@@ -93,6 +99,7 @@ impl<B> fmt::Debug for Route<B> {
             .field("upstreams", &self.upstreams)
             .field("strip_prefix", &self.strip_prefix)
             .field("timeout", &self.timeout)
+            .field("anonymous", &self.anonymous)
             .field("layers", &self.layers.len())
             .finish()
     }
@@ -110,8 +117,16 @@ impl<B> Route<B> {
             upstreams: upstreams.into_iter().map(Into::into).collect(),
             strip_prefix: true,
             timeout: DEFAULT_TIMEOUT,
+            anonymous: Vec::new(),
             layers: Vec::new(),
         }
+    }
+
+    /// When auth is on, lets requests under `sub_path` (relative to the route prefix, on a
+    /// segment boundary: `/health` under `/api/a` is `/api/a/health`) through without a key.
+    pub fn anonymous(mut self, sub_path: impl Into<String>) -> Self {
+        self.anonymous.push(sub_path.into());
+        self
     }
 
     /// Whether the route prefix is cut off the path before forwarding (default `true`).
@@ -168,12 +183,21 @@ pub enum BuildError {
     /// A route's timeout is zero.
     #[error("route {0:?}: the timeout must be greater than zero")]
     ZeroTimeout(String),
+    /// An anonymous sub-path does not start with `/`.
+    #[error("route {prefix:?}: anonymous sub-path {path:?} must start with '/'")]
+    Anonymous {
+        /// The route.
+        prefix: String,
+        /// The sub-path.
+        path: String,
+    },
 }
 
 /// Collects routes and settings for a [`Gateway`].
 #[must_use]
 pub struct GatewayBuilder<B = Incoming> {
     routes: Vec<(String, Route<B>)>,
+    auth: Option<(Arc<KeySet>, HeaderName)>,
     trusted: TrustedProxies,
     correlation_header: HeaderName,
     client: Option<ProxyClient<B>>,
@@ -183,6 +207,7 @@ impl<B> fmt::Debug for GatewayBuilder<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayBuilder")
             .field("routes", &self.routes)
+            .field("auth", &self.auth)
             .field("trusted", &self.trusted)
             .field("correlation_header", &self.correlation_header)
             .finish_non_exhaustive()
@@ -198,6 +223,14 @@ where
     /// go to `route`.
     pub fn route(mut self, prefix: impl Into<String>, route: Route<B>) -> Self {
         self.routes.push((prefix.into(), route));
+        self
+    }
+
+    /// Turns API-key auth on for every route: requests need a key of `keys` in `header`
+    /// (`x-api-key` when `None`), except on each route's [anonymous](Route::anonymous)
+    /// sub-paths.
+    pub fn auth(mut self, keys: KeySet, header: Option<HeaderName>) -> Self {
+        self.auth = Some((Arc::new(keys), header.unwrap_or(X_API_KEY)));
         self
     }
 
@@ -241,7 +274,28 @@ where
                 })?;
             let proxy =
                 ProxyService::new(client.clone(), upstreams).trusted_proxies(self.trusted.clone());
-            let stack = TimeoutLayer::new(route.timeout).layer(proxy);
+            let policies = TimeoutLayer::new(route.timeout).layer(proxy);
+            let stack = match &self.auth {
+                None => Either::Right(policies),
+                Some((keys, header)) => {
+                    let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys)).header(header.clone());
+                    for path in &route.anonymous {
+                        if !path.starts_with('/') {
+                            return Err(BuildError::Anonymous {
+                                prefix,
+                                path: path.clone(),
+                            });
+                        }
+                        // The auth layer sees the path after the router stripped the prefix.
+                        auth = if route.strip_prefix || prefix == "/" {
+                            auth.anonymous(path.as_str())
+                        } else {
+                            auth.anonymous(format!("{prefix}{path}"))
+                        };
+                    }
+                    Either::Left(auth.layer(policies))
+                }
+            };
             let service = if route.layers.is_empty() {
                 Either::Left(stack)
             } else {
@@ -299,6 +353,7 @@ where
     pub fn builder() -> GatewayBuilder<B> {
         GatewayBuilder {
             routes: Vec::new(),
+            auth: None,
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
             client: None,

@@ -29,9 +29,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The sections of the policies still to come (`[auth]`, `[admin]`, `[rate_limit_store]`,
-//! `[routes.rate_limit]`, `[routes.bulkhead]`, `[routes.circuit_breaker]`, `[routes.retry]`
-//! and `anonymous`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
+//! The sections of the policies still to come (`[admin]`, `[rate_limit_store]`,
+//! `[routes.rate_limit]`, `[routes.bulkhead]`, `[routes.circuit_breaker]` and
+//! `[routes.retry]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
 //! so that a config never silently runs without a policy it asks for.
 
 use std::collections::HashSet;
@@ -48,6 +48,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{Deserializer, Error as _};
 
+use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
 use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
 use crate::route::{RouteError, validate_prefix};
@@ -171,7 +172,7 @@ pub struct Config {
     /// `[server]`: where to listen and how to stop.
     #[serde(default)]
     pub server: ServerConfig,
-    /// `[auth]`: API keys; absent means no auth anywhere. Not supported yet.
+    /// `[auth]`: API keys; absent means no auth anywhere.
     pub auth: Option<AuthConfig>,
     /// `[admin]`: the metrics and health listener. Not supported yet.
     pub admin: Option<AdminConfig>,
@@ -401,7 +402,6 @@ impl Config {
 
     fn check_supported(&self) -> Result<(), ConfigError> {
         let sections = [
-            ("auth", self.auth.is_some()),
             ("admin", self.admin.is_some()),
             ("rate_limit_store", self.rate_limit_store.is_some()),
         ];
@@ -410,7 +410,6 @@ impl Config {
         }
         for (i, route) in self.routes.iter().enumerate() {
             let sections = [
-                ("anonymous", !route.anonymous.is_empty()),
                 ("rate_limit", route.rate_limit.is_some()),
                 ("bulkhead", route.bulkhead.is_some()),
                 ("circuit_breaker", route.circuit_breaker.is_some()),
@@ -432,20 +431,49 @@ impl Config {
     {
         self.validate()?;
         let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
-        let builder = self.routes.iter().fold(
-            Gateway::builder().trusted_proxies(trusted),
-            |builder, route| {
-                let target = Route::to(route.upstreams.iter().cloned())
+        let mut builder = Gateway::builder().trusted_proxies(trusted);
+        if let Some(auth) = &self.auth {
+            builder = builder.auth(auth.key_set()?, Some(auth.header.clone()));
+        }
+        let builder = self.routes.iter().fold(builder, |builder, route| {
+            let target = route.anonymous.iter().fold(
+                Route::to(route.upstreams.iter().cloned())
                     .strip_prefix(route.strip_prefix)
-                    .timeout(route.timeout);
-                builder.route(route.prefix.clone(), target)
-            },
-        );
+                    .timeout(route.timeout),
+                |target, path| target.anonymous(path.clone()),
+            );
+            builder.route(route.prefix.clone(), target)
+        });
         Ok(builder)
     }
 }
 
 impl AuthConfig {
+    /// The keys, read from the config or their environment variables.
+    fn key_set(&self) -> Result<KeySet, ConfigError> {
+        self.keys
+            .iter()
+            .enumerate()
+            .try_fold(KeySet::new(), |set, (i, entry)| {
+                let secret = match (&entry.key, &entry.key_env) {
+                    (Some(secret), _) => secret.clone(),
+                    (None, Some(var)) => {
+                        std::env::var(var).map_err(|_| ConfigError::MissingEnv {
+                            key: format!("auth.keys[{i}].key_env"),
+                            var: var.clone(),
+                        })?
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::invalid(
+                            format!("auth.keys[{i}]"),
+                            "needs `key` or `key_env`",
+                        ));
+                    }
+                };
+                Ok(set.key(entry.id.as_str(), secret))
+            })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
         for (i, entry) in self.keys.iter().enumerate() {
@@ -755,10 +783,8 @@ base_delay = "100ms"
             };
             let route = &mut config.routes[0];
             match key.as_str() {
-                "auth" => config.auth = None,
                 "admin" => config.admin = None,
                 "rate_limit_store" => config.rate_limit_store = None,
-                "routes[0].anonymous" => route.anonymous.clear(),
                 "routes[0].rate_limit" => route.rate_limit = None,
                 "routes[0].bulkhead" => route.bulkhead = None,
                 "routes[0].circuit_breaker" => route.circuit_breaker = None,
@@ -767,11 +793,11 @@ base_delay = "100ms"
             }
             refused.push(key);
         }
-        assert_eq!(refused.len(), 8, "{refused:?}");
+        assert_eq!(refused.len(), 6, "{refused:?}");
         assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
         assert_eq!(
             Config::from_toml_str(FULL).unwrap_err().to_string(),
-            "auth: not supported yet"
+            "admin: not supported yet"
         );
     }
 
@@ -923,7 +949,6 @@ base_delay = "100ms"
                 route("[routes.retry]\nmax_retries = 2\nbase_delay = \"100ms\""),
                 "routes[0].retry: not supported yet",
             ),
-            (route("anonymous = [\"/health\"]"), "routes[0].anonymous: not supported yet"),
         ];
         for (text, expected) in cases {
             let message = error(&text);
@@ -948,9 +973,21 @@ base_delay = "100ms"
 
     #[test]
     fn a_set_key_env_variable_is_accepted() {
-        // The variable every test process has: the check reads it, then `auth` is refused.
-        let text = "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"PATH\"\n";
-        assert_eq!(error(text), "auth: not supported yet");
+        // The variable every test process has.
+        let text = format!(
+            "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"PATH\"\n{ROUTE}anonymous = [\"/health\"]\n"
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        let set = config.auth.as_ref().unwrap().key_set().unwrap();
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(set.find(path.as_bytes()).unwrap().id(), "alice");
+        assert!(
+            config
+                .gateway_builder::<hyper::body::Incoming>()
+                .unwrap()
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

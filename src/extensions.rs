@@ -157,3 +157,39 @@ impl fmt::Debug for Identity {
             .finish()
     }
 }
+
+/// The route a request matched, as the [`Router`](crate::route::Router) put it in the
+/// request extensions: its prefix, and whether the prefix was stripped from the path the
+/// request now carries. Logs and metrics label by it; a [`Rejection`](crate::Rejection)
+/// uses it to show the path the client sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MatchedRoute {
+    prefix: Arc<str>,
+    stripped: bool,
+}
+
+impl MatchedRoute {
+    /// A match of `prefix`, stripped from the path or not.
+    pub fn new(prefix: Arc<str>, stripped: bool) -> Self {
+        Self { prefix, stripped }
+    }
+
+    /// The route prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether the prefix was cut off the request's path.
+    pub fn stripped(&self) -> bool {
+        self.stripped
+    }
+
+    /// The path the client sent, given the path the request carries now.
+    pub fn original_path(&self, path: &str) -> String {
+        match (self.stripped, path) {
+            (false, _) => path.to_owned(),
+            (true, "/") => self.prefix.to_string(),
+            (true, _) => format!("{}{path}", self.prefix),
+        }
+    }
+}

@@ -70,6 +70,7 @@ use pin_project_lite::pin_project;
 use serde::Serialize;
 
 pub use crate::extensions::CorrelationId;
+use crate::extensions::MatchedRoute;
 use tower::{Layer, Service};
 
 /// What kind of answer the gateway gave, and so its status code.
@@ -236,12 +237,17 @@ impl Rejection {
     }
 
     /// Captures the correlation ID (from the request extensions) and the request path (as the
-    /// problem's `instance`; the query is left out because it can carry a token).
+    /// problem's `instance`: the path the client sent, before a route prefix was stripped;
+    /// the query is left out because it can carry a token).
     pub fn for_request<B>(mut self, request: &Request<B>) -> Self {
         if let Some(id) = request.extensions().get::<CorrelationId>() {
             self.correlation_id = Some(id.clone());
         }
-        self.instance = Some(request.uri().path().to_owned());
+        let path = request.uri().path();
+        self.instance = Some(match request.extensions().get::<MatchedRoute>() {
+            Some(route) => route.original_path(path),
+            None => path.to_owned(),
+        });
         self
     }
 

@@ -6,6 +6,9 @@
 //! before the route's service sees the request, the query kept: `/api/a/ping?x=1` becomes
 //! `/ping?x=1`, and the bare prefix `/api/a` becomes `/`.
 //!
+//! The matched route goes into the request extensions as a
+//! [`MatchedRoute`](crate::extensions::MatchedRoute), for logs, metrics and rejections.
+//!
 //! Paths with a `..` segment are refused before any route is tried, whether the dots are
 //! raw or percent-encoded (`%2e%2e`, `.%2E`, ...), and whether the segment is delimited by
 //! `/`, `\` or their encodings (`%2f`, `%5c`), since an upstream may decode either.
@@ -61,6 +64,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::Oneshot;
 
+use crate::extensions::MatchedRoute;
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 
 /// A route prefix that is not of the form `/` or `/seg(/seg)*`.
@@ -147,7 +151,7 @@ fn decode_pct(hex: Option<&[u8]>) -> Option<u8> {
 }
 
 struct Entry<S> {
-    prefix: Box<str>,
+    prefix: Arc<str>,
     strip: bool,
     service: S,
 }
@@ -173,7 +177,7 @@ impl<S, R> RouterBuilder<S, R> {
     /// cut off when `strip_prefix` is set.
     pub fn route(mut self, prefix: impl Into<String>, strip_prefix: bool, service: S) -> Self {
         self.routes.push(Entry {
-            prefix: prefix.into().into_boxed_str(),
+            prefix: prefix.into().into(),
             strip: strip_prefix,
             service,
         });
@@ -316,11 +320,16 @@ where
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         };
         let entry = &self.routes[index];
-        if entry.strip {
-            if let Some(uri) = strip(req.uri(), &entry.prefix) {
-                *req.uri_mut() = uri;
-            }
-        }
+        let stripped = entry.strip
+            && match strip(req.uri(), &entry.prefix) {
+                Some(uri) => {
+                    *req.uri_mut() = uri;
+                    true
+                }
+                None => false,
+            };
+        req.extensions_mut()
+            .insert(MatchedRoute::new(Arc::clone(&entry.prefix), stripped));
         ResponseFuture::route(Oneshot::new(entry.service.clone(), req))
     }
 }
@@ -446,6 +455,35 @@ mod tests {
         assert_eq!(get(&r, "/api").await, (200, "api /api".into()));
         assert_eq!(get(&r, "/apix").await.0, 404);
         assert_eq!(get(&r, "/").await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn the_matched_route_goes_into_the_extensions() {
+        let r = Router::builder()
+            .route(
+                "/api/a",
+                true,
+                tower::service_fn(|req: Request<()>| async move {
+                    let route = req.extensions().get::<MatchedRoute>().unwrap();
+                    assert_eq!((route.prefix(), route.stripped()), ("/api/a", true));
+                    assert_eq!(route.original_path(req.uri().path()), "/api/a/x");
+                    // A rejection made here shows the path the client sent.
+                    let res = Rejection::new(RejectionKind::Forbidden).for_request(&req);
+                    assert_eq!(res.instance(), Some("/api/a/x"));
+                    Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+                }),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(get_any(&r, "/api/a/x").await, 200);
+    }
+
+    async fn get_any<S>(router: &Router<S>, uri: &str) -> u16
+    where
+        S: Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
+    {
+        let req = Request::get(uri).body(()).unwrap();
+        router.clone().oneshot(req).await.unwrap().status().as_u16()
     }
 
     #[tokio::test]

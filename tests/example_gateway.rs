@@ -201,11 +201,16 @@ fn upstream(delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 
 /// `GET path` over a fresh connection with `Connection: close`: the status and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, "")
+}
+
+/// `GET path` with `headers` (each line ending in `\r\n`) added.
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -376,14 +381,23 @@ fn the_embedded_default_serves_the_demo_upstreams() {
     let addr = gateway.listening();
     assert_eq!(addr, "127.0.0.1:5050".parse().unwrap());
 
-    let (status, body) = get(addr, "/api/a/ping");
+    const KEY: &str = "x-api-key: dev-key\r\n";
+    let (status, body) = get_with(addr, "/api/a/ping", KEY);
     assert_eq!((status, body.trim()), (200, "pong"));
-    let (status, body) = get(addr, "/api/b/echo?x=1");
+    // Auth is on: no key or a wrong one is a 401; `/health` is anonymous.
+    assert_eq!(get(addr, "/api/a/ping").0, 401);
+    assert_eq!(get_with(addr, "/api/a/ping", "x-api-key: nope\r\n").0, 401);
+    assert_eq!(get(addr, "/api/b/health").0, 200);
+    let (status, body) = get_with(addr, "/api/b/echo?x=1", KEY);
     assert_eq!(status, 200);
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["path"], "/echo?x=1");
     assert_eq!(echo["upstream"], "B");
     assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        echo["headers"].get("x-api-key").is_none(),
+        "the key never reaches the upstream"
+    );
 
     gateway.terminate();
     assert!(gateway.wait().success());

@@ -570,3 +570,56 @@ async fn the_gateway_mounts_in_an_axum_router() {
     assert_eq!(res.status, 404);
     assert_eq!(problem(&res)["status"], 404);
 }
+
+#[tokio::test]
+async fn auth_in_the_gateway_runs_after_routing_and_opens_anonymous_sub_paths() {
+    let (up, rec) = upstream::start(false).await;
+    let keys = tower_gateway::api_key::KeySet::new().key("alice", "alice-secret");
+    let gw = serve(
+        Gateway::builder()
+            .auth(keys, None)
+            .route("/api/a", Route::to([url(up)]).anonymous("/health"))
+            .route(
+                "/full",
+                Route::to([url(up)]).strip_prefix(false).anonymous("/open"),
+            ),
+    )
+    .await;
+
+    let res = get(gw, "/api/a/ping", "X-Correlation-Id: auth-1\n").await;
+    assert_eq!(res.status, 401);
+    assert_eq!(
+        res.headers["www-authenticate"],
+        "ApiKey header=\"x-api-key\""
+    );
+    assert_eq!(problem(&res)["correlation_id"], "auth-1");
+    assert_eq!(
+        get(gw, "/api/a/ping", "X-Api-Key: wrong\n").await.status,
+        401
+    );
+    assert_eq!(
+        get(gw, "/nowhere", "").await.status,
+        404,
+        "routing answers first"
+    );
+    assert!(
+        rec.requests().is_empty(),
+        "nothing unauthenticated reached the upstream"
+    );
+
+    let res = get(gw, "/api/a/ping", "X-Api-Key: alice-secret\n").await;
+    assert_eq!((res.status, body(&res)), (200, "pong /ping".into()));
+    assert!(
+        !rec.last().headers.contains_key("x-api-key"),
+        "the key is not forwarded"
+    );
+
+    // Anonymous sub-paths are relative to the route prefix, stripped or not.
+    assert_eq!(body(&get(gw, "/api/a/health", "").await), "pong /health");
+    assert_eq!(
+        body(&get(gw, "/full/open/x", "").await),
+        "pong /full/open/x"
+    );
+    assert_eq!(get(gw, "/full/closed", "").await.status, 401);
+    assert_eq!(get(gw, "/api/a/healthz", "").await.status, 401);
+}

@@ -2,8 +2,9 @@
 //!
 //! Run it with `cargo run --example gateway`, then:
 //! ```text
-//! curl -i localhost:5050/api/a/ping
-//! curl -i localhost:5050/api/b/echo
+//! curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
+//! curl -i -H 'x-api-key: dev-key' localhost:5050/api/b/echo
+//! curl -i localhost:5050/api/a/health     # anonymous: no key needed
 //! ```
 //! With no `--config` it serves the embedded [`DEFAULT_CONFIG`] and starts two demo upstreams
 //! in the same process (see `demo_upstreams.rs`): A on 127.0.0.1:5051 behind `/api/a`, B on
@@ -42,7 +43,8 @@ usage: gateway [--config FILE] [--listen ADDR] [--help]
 
 Without --config it serves the config below and starts its two demo upstreams, A on
 127.0.0.1:5051 and B on 127.0.0.1:5052, each answering /ping, /slow?ms=N, /fail?rate=R,
-/echo and /health. Try: curl -i localhost:5050/api/a/ping
+/echo and /health; auth is on with the key dev-key (/health is anonymous).
+Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
 
 RUST_LOG sets the log filter (default info). SIGTERM or Ctrl-C shuts down gracefully.
 
@@ -50,21 +52,27 @@ The embedded config:
 ";
 
 /// The config served without `--config`.
-// The `[auth]` section (key `dev-key`) and `anonymous = ["/health"]` on both routes arrive
-// with the admission-control release; until then the demo routes are open.
 const DEFAULT_CONFIG: &str = r#"[server]
 listen = "127.0.0.1:5050"
 shutdown_grace = "30s"
+
+[auth]
+header = "x-api-key"
+[[auth.keys]]
+id = "dev"
+key = "dev-key"
 
 [[routes]]
 prefix = "/api/a"
 upstreams = ["http://127.0.0.1:5051"]
 timeout = "5s"
+anonymous = ["/health"]
 
 [[routes]]
 prefix = "/api/b"
 upstreams = ["http://127.0.0.1:5052"]
 timeout = "5s"
+anonymous = ["/health"]
 "#;
 
 /// The demo upstreams of [`DEFAULT_CONFIG`].
