@@ -84,9 +84,10 @@ impl fmt::Display for CorrelationId {
 /// The address of the client's end of the connection, as the server put it in the request
 /// extensions (the way axum's `ConnectInfo` does).
 ///
-/// [`server::serve`](crate::server) sets it on every request. The proxy appends its IP to
-/// `X-Forwarded-For`; an embedder who serves the gateway some other way inserts it
-/// themselves:
+/// [`Server`](crate::server::Server) sets it on every request. The proxy appends its IP to
+/// `X-Forwarded-For` (and leaves the header as it is when there is no `PeerAddr`); an
+/// embedder who serves the gateway some other way inserts it themselves, in axum for
+/// instance from `ConnectInfo<SocketAddr>` with a `map_request` layer:
 ///
 /// ```
 /// use tower_gateway::extensions::PeerAddr;
