@@ -7,7 +7,7 @@
 //! `/ping?x=1`, and the bare prefix `/api/a` becomes `/`.
 //!
 //! The matched route goes into the request extensions as a
-//! [`MatchedRoute`](crate::extensions::MatchedRoute), for logs, metrics and rejections.
+//! [`MatchedRoute`], for logs, metrics and rejections.
 //!
 //! Paths with a `..` segment are refused before any route is tried, whether the dots are
 //! raw or percent-encoded (`%2e%2e`, `.%2E`, ...), and whether the segment is delimited by
