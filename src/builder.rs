@@ -183,8 +183,10 @@ pub enum BuildError {
     /// A route's timeout is zero.
     #[error("route {0:?}: the timeout must be greater than zero")]
     ZeroTimeout(String),
-    /// An anonymous sub-path does not start with `/`.
-    #[error("route {prefix:?}: anonymous sub-path {path:?} must start with '/'")]
+    /// An anonymous sub-path does not start with `/`, or ends with one.
+    #[error(
+        "route {prefix:?}: anonymous sub-path {path:?} must start with '/' and not end with it"
+    )]
     Anonymous {
         /// The route.
         prefix: String,
@@ -280,7 +282,7 @@ where
                 Some((keys, header)) => {
                     let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys)).header(header.clone());
                     for path in &route.anonymous {
-                        if !path.starts_with('/') {
+                        if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
                             return Err(BuildError::Anonymous {
                                 prefix,
                                 path: path.clone(),

@@ -297,7 +297,8 @@ pub struct RouteConfig {
     /// Per attempt, until the response head arrives (default 30 s).
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// Sub-path prefixes reachable without a key. Not supported yet unless empty.
+    /// Sub-path prefixes (segment boundary, relative to the route prefix) reachable without a
+    /// key when `[auth]` is on.
     #[serde(default)]
     pub anonymous: Vec<String>,
     /// `[routes.rate_limit]`. Not supported yet.
@@ -569,6 +570,14 @@ impl RouteConfig {
                 return Err(ConfigError::invalid(
                     format!("{key}.anonymous[{i}]"),
                     format_args!("{path:?} must start with '/'"),
+                ));
+            }
+            if path.len() > 1 && path.ends_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("{key}.anonymous[{i}]"),
+                    format_args!(
+                        "{path:?} must not end with '/' (it matches on segment boundaries)"
+                    ),
                 ));
             }
         }
@@ -914,6 +923,10 @@ base_delay = "100ms"
             (
                 route("anonymous = [\"health\"]"),
                 "routes[0].anonymous[0]: \"health\" must start with '/'",
+            ),
+            (
+                route("anonymous = [\"/health/\"]"),
+                "routes[0].anonymous[0]: \"/health/\" must not end with '/'",
             ),
             (
                 "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey_env = \"TOWER_GATEWAY_TEST_UNSET_VAR\"\n"

@@ -88,6 +88,10 @@ const FIXED: [HeaderName; 9] = [
     header::UPGRADE,
     PROXY_CONNECTION,
 ];
+/// Up to this many names nominated by `Connection` are looked for in the one pass over the
+/// header names; more (never seen in practice, but a client can send thousands) are removed
+/// by lookup instead, so the cost stays linear.
+const SCAN_NOMINATED: usize = 8;
 const CONNECTION: usize = 0;
 const UPGRADE: usize = 7;
 const CONNECTION_BIT: u16 = 1 << CONNECTION;
@@ -174,12 +178,13 @@ fn strip(headers: &mut HeaderMap, allow_upgrade: bool, protected: &[HeaderName])
 
     // One pass over the names: which fixed names are present (a bit each), and whether any
     // nominated one is.
+    let scan_nominated = !nominated.is_empty() && nominated.len() <= SCAN_NOMINATED;
     let mut present: u16 = 0;
-    let mut nominated_present = false;
+    let mut nominated_present = nominated.len() > SCAN_NOMINATED;
     for name in headers.keys() {
         match fixed_index(name.as_str()) {
             Some(i) => present |= 1 << i,
-            None if !nominated.is_empty() => nominated_present |= nominated.contains(name),
+            None if scan_nominated => nominated_present |= nominated.contains(name),
             None => {}
         }
     }
@@ -419,6 +424,18 @@ mod tests {
             .protected;
         strip(&mut headers, true, &protected);
         assert_eq!(names(&headers), ["x-correlation-id", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn thousands_of_nominated_names_are_all_removed() {
+        let nominated: Vec<String> = (0..3000).map(|i| format!("x-n{i}")).collect();
+        let mut pairs: Vec<(&str, &str)> = nominated.iter().map(|n| (n.as_str(), "v")).collect();
+        let connection = nominated.join(",");
+        pairs.push(("connection", &connection));
+        pairs.push(("x-kept", "v"));
+        let mut headers = map(&pairs);
+        strip(&mut headers, true, &[]);
+        assert_eq!(names(&headers), ["x-kept"]);
     }
 
     #[test]

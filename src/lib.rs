@@ -21,9 +21,8 @@
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //!
-//! Rate limit, bulkhead, circuit breaker and retry are on their way, and API-key auth joins
-//! the builder and the config with them; they slot into each route's stack in the order
-//! [`builder`] documents.
+//! Rate limit, bulkhead, circuit breaker and retry are on their way; they slot into each
+//! route's stack in the order [`builder`] documents.
 //!
 //! The bundled example gateway runs all of it from a TOML file:
 //! `cargo run --example gateway` (see `examples/gateway/main.rs`).

@@ -7,6 +7,8 @@
 //! - `X-Forwarded-Proto` and `X-Forwarded-Host` are set to this hop's scheme and the
 //!   client's `Host`, replacing what the client sent, unless the peer is a trusted proxy and
 //!   sent them, in which case they are kept.
+//! - `Forwarded` (RFC 7239) and `X-Real-IP`, which this hop does not maintain, are removed
+//!   unless the peer is a trusted proxy, so a client cannot forge them for the upstream.
 
 use std::net::IpAddr;
 
@@ -21,6 +23,7 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-forwarded-host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The networks whose peers may speak for the client in `X-Forwarded-*`.
 #[derive(Clone, Debug, Default)]
@@ -63,6 +66,11 @@ pub(crate) fn set_forwarding_headers(
 ) {
     let trusted_peer =
         peer.is_some_and(|PeerAddr(addr)| !trusted.is_empty() && trusted.contains(addr.ip()));
+
+    if !trusted_peer {
+        headers.remove(header::FORWARDED);
+        headers.remove(X_REAL_IP);
+    }
 
     // The client's Host, before it is replaced by the upstream's.
     let client_host = headers.insert(header::HOST, host.clone());
@@ -130,10 +138,13 @@ mod tests {
                 ("x-forwarded-for", "2.2.2.2"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "forged.example"),
+                ("forwarded", "for=10.9.9.9;proto=https"),
+                ("x-real-ip", "10.9.9.9"),
             ],
             "203.0.113.9:4000",
             &TrustedProxies::none(),
         );
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
         assert_eq!(h["host"], "127.0.0.1:5051");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 203.0.113.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
@@ -150,10 +161,12 @@ mod tests {
                 ("x-forwarded-for", "198.51.100.1"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "public.example"),
+                ("x-real-ip", "198.51.100.1"),
             ],
             "10.1.2.3:4000",
             &trusted,
         );
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "public.example");
