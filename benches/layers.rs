@@ -22,7 +22,7 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
-use http_body_util::Full;
+use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
@@ -30,13 +30,13 @@ use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::route::Router;
 use tower_gateway::timeout::TimeoutLayer;
 
-type Req = Request<()>;
+type Req = Request<Empty<Bytes>>;
 type Res = Response<Full<Bytes>>;
 
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 51234);
 const CLIENT_ID: &str = "3f1c2a9e-6b7d-4c5e-8f90-1a2b3c4d5e6f";
 
-fn upstream(_req: Req) -> Ready<Result<Res, Infallible>> {
+fn upstream<B>(_req: Request<B>) -> Ready<Result<Res, Infallible>> {
     let mut res = Response::new(Full::default());
     res.headers_mut()
         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
@@ -45,8 +45,8 @@ fn upstream(_req: Req) -> Ready<Result<Res, Infallible>> {
     ready(Ok(res))
 }
 
-fn bare() -> impl Service<Req, Response = Res, Error = Infallible> + Clone {
-    tower::service_fn(upstream)
+fn bare<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
+    tower::service_fn(upstream::<B>)
 }
 
 /// A typical proxied GET: eight end-to-end headers, plus `extra`.
@@ -95,7 +95,7 @@ impl Template {
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
-        let mut req = Request::new(());
+        let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
         req.extensions_mut().insert(PEER);

@@ -62,7 +62,7 @@ use crate::proxy::{
     ProxyClient, ProxyService, TrustedProxies, Upstream, UpstreamError, default_client,
 };
 use crate::route::{RouteError, Router};
-use crate::timeout::{Timeout, TimeoutLayer};
+use crate::timeout::{RequestBody, Timeout, TimeoutLayer};
 
 /// The response of every gateway stack.
 pub type GatewayResponse = Response<GatewayBody<Incoming>>;
@@ -71,7 +71,11 @@ pub type GatewayResponse = Response<GatewayBody<Incoming>>;
 pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B>>;
 
 /// The policies every route has, inside auth.
-pub type Policies<B> = Timeout<ProxyService<B>>;
+pub type Policies<B> = Timeout<ProxyService<RequestBody<B>>>;
+
+/// The client a gateway forwards with: its request bodies are the client's bodies behind the
+/// timeout's [`RequestBody`].
+pub type GatewayClient<B> = ProxyClient<RequestBody<B>>;
 
 /// A route's stack with the user's layers around it, type-erased.
 pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
@@ -202,7 +206,7 @@ pub struct GatewayBuilder<B = Incoming> {
     auth: Option<(Arc<KeySet>, HeaderName)>,
     trusted: TrustedProxies,
     correlation_header: HeaderName,
-    client: Option<ProxyClient<B>>,
+    client: Option<GatewayClient<B>>,
 }
 
 impl<B> fmt::Debug for GatewayBuilder<B> {
@@ -249,7 +253,7 @@ where
     }
 
     /// Forwards over `client` instead of [`default_client`].
-    pub fn client(mut self, client: ProxyClient<B>) -> Self {
+    pub fn client(mut self, client: GatewayClient<B>) -> Self {
         self.client = Some(client);
         self
     }

@@ -623,3 +623,69 @@ async fn auth_in_the_gateway_runs_after_routing_and_opens_anonymous_sub_paths() 
     assert_eq!(get(gw, "/full/closed", "").await.status, 401);
     assert_eq!(get(gw, "/api/a/healthz", "").await.status, 401);
 }
+
+#[tokio::test]
+async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
+    use futures_util::StreamExt as _;
+    let (up, _rec) = upstream::start(false).await;
+    let gw = serve(Gateway::builder().route(
+        "/api",
+        Route::to([url(up)]).timeout(Duration::from_millis(400)),
+    ))
+    .await;
+    // Ten chunks, 150 ms apart: 1.5 s of upload under a 400 ms timeout.
+    let chunks = futures_util::stream::unfold(0u64, |sent| async move {
+        if sent == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let chunk: Vec<u8> = (sent * 100..sent * 100 + 100).map(pattern).collect();
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(chunk))),
+            sent + 1,
+        ))
+    });
+    let stream = TcpStream::connect(gw).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/api/upload")
+        .header("host", "gw")
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let mut expected = 0;
+    checksum(
+        &mut expected,
+        0,
+        &(0..1000).map(pattern).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        (answer["len"].as_u64(), answer["sum"].as_u64()),
+        (Some(1000), Some(expected))
+    );
+
+    // A stalled upload is still cut: one chunk, then nothing.
+    let stalled = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+        Bytes::from_static(b"x"),
+    ))])
+    .chain(futures_util::stream::pending());
+    let stream = TcpStream::connect(gw).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/api/upload")
+        .header("host", "gw")
+        .body(StreamBody::new(stalled))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("the gateway answers a stalled upload")
+        .unwrap();
+    assert_eq!(res.status(), 504);
+}
