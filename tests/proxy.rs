@@ -35,6 +35,14 @@ async fn serve_on(listener: TcpListener, builder: GatewayBuilder) -> SocketAddr 
     addr
 }
 
+/// A test upstream behind a gateway with the one route `/api` to it.
+/// Returns the gateway's address, the upstream's, and what the upstream records.
+async fn one_route() -> (SocketAddr, SocketAddr, std::sync::Arc<upstream::Record>) {
+    let (up, rec) = upstream::start(false).await;
+    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    (gw, up, rec)
+}
+
 async fn serve(builder: GatewayBuilder) -> SocketAddr {
     serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), builder).await
 }
@@ -116,8 +124,7 @@ async fn several_upstreams_take_turns() {
 
 #[tokio::test]
 async fn host_and_forwarded_headers_reach_the_upstream() {
-    let (up, rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, up, rec) = one_route().await;
     let res = get(
         gw,
         "/api/echo",
@@ -162,8 +169,7 @@ async fn a_trusted_peer_keeps_its_forwarded_proto_and_host() {
 
 #[tokio::test]
 async fn correlation_id_and_hop_by_hop_end_to_end() {
-    let (up, rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, _, rec) = one_route().await;
     let res = get(
         gw,
         "/api/hop",
@@ -250,8 +256,7 @@ async fn a_slow_upstream_gets_504_and_sees_the_cancellation() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_cancels_the_upstream_request() {
-    let (up, rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, _, rec) = one_route().await;
     let mut stream = TcpStream::connect(gw).await.unwrap();
     stream
         .write_all(b"GET /api/slow?ms=10000 HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -272,8 +277,7 @@ async fn a_client_that_hangs_up_cancels_the_upstream_request() {
 
 #[tokio::test]
 async fn websocket_upgrade_becomes_a_two_way_tunnel() {
-    let (up, rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, _, rec) = one_route().await;
     let mut stream = TcpStream::connect(gw).await.unwrap();
     stream
         .write_all(
@@ -446,8 +450,7 @@ async fn a_64_mib_upload_streams_intact_without_piling_up_in_the_gateway() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clean_4xx() {
-    let (up, rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, _, rec) = one_route().await;
 
     for target in ["/api/../etc/passwd", "/api/%2e%2e/x", "/api/a/.%2E/b"] {
         let res = get(gw, target, "").await;
@@ -510,8 +513,7 @@ async fn bad_input_gets_a_clean_4xx() {
 
 #[tokio::test]
 async fn a_slow_client_is_disconnected_after_the_header_read_timeout() {
-    let (up, _rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]))).await;
+    let (gw, _, _) = one_route().await;
     let mut stream = TcpStream::connect(gw).await.unwrap();
     stream
         .write_all(b"GET /api/ping HTTP/1.1\r\nHost: gw\r\n")
