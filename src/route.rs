@@ -281,6 +281,10 @@ fn strip(uri: &Uri, prefix: &str) -> Option<Uri> {
         None => PathAndQuery::try_from(rest),
     }
     .ok()?;
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        // Origin form, as nearly every request: nothing else to carry over.
+        return Some(Uri::from(path_and_query));
+    }
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()

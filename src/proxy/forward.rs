@@ -10,6 +10,7 @@
 //! - `Forwarded` (RFC 7239) and `X-Real-IP`, which this hop does not maintain, are removed
 //!   unless the peer is a trusted proxy, so a client cannot forge them for the upstream.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -100,7 +101,7 @@ pub(crate) fn set_forwarding_headers(
                 }
             }
         }
-        chain.push_str(&ip.to_string());
+        write!(chain, "{ip}").expect("writing to a String cannot fail");
         let value = HeaderValue::try_from(chain)
             .expect("visible ASCII values and an IP are a valid header value");
         headers.insert(X_FORWARDED_FOR, value);
