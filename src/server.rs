@@ -38,11 +38,13 @@
 //! `http1::Builder` (`max_header_size`, `max_headers`, `header_read_timeout` with a timer)
 //! and insert [`PeerAddr`] into each request.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,7 +53,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tower::{Service, ServiceExt};
 
 use crate::extensions::PeerAddr;
@@ -132,9 +134,12 @@ impl Server {
             .max_headers(self.max_headers)
             .header_read_timeout(self.header_read_timeout);
 
-        // Connections hold a receiver: `changed` tells them to drain, and once every
-        // receiver is gone, `closed` tells us they all have.
-        let (drain_tx, drain_rx) = watch::channel(());
+        // Each connection has its own drain signal, registered here before it is spawned (so
+        // none is missed) and polled only by its own task: no lock shared between
+        // connections on the request path. Each also holds a `watch` receiver it never polls;
+        // once all are dropped, `closed` says every connection is done.
+        let connections = Arc::new(Mutex::new(Connections::default()));
+        let (alive_tx, alive_rx) = watch::channel(());
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -149,15 +154,22 @@ impl Server {
                     }
                 },
             };
-            let service = service.clone();
-            let http = http.clone();
-            let drain = drain_rx.clone();
-            tokio::spawn(serve_connection(http, stream, peer, service, drain));
+            let open = Open::register(&connections, alive_rx.clone());
+            tokio::spawn(serve_connection(
+                http.clone(),
+                stream,
+                peer,
+                service.clone(),
+                open,
+            ));
         }
         drop(listener);
-        drop(drain_rx);
-        let _ = drain_tx.send(());
-        if tokio::time::timeout(self.shutdown_grace, drain_tx.closed())
+        drop(alive_rx);
+        let open = std::mem::take(&mut connections.lock().expect("never poisoned").open);
+        for drain in open.into_values() {
+            let _ = drain.send(());
+        }
+        if tokio::time::timeout(self.shutdown_grace, alive_tx.closed())
             .await
             .is_err()
         {
@@ -167,12 +179,52 @@ impl Server {
     }
 }
 
+/// The open connections, each with the sender that tells it to drain.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: HashMap<u64, oneshot::Sender<()>>,
+}
+
+/// One open connection's place in [`Connections`]; dropping it deregisters the connection.
+struct Open {
+    id: u64,
+    connections: Arc<Mutex<Connections>>,
+    drain: Option<oneshot::Receiver<()>>,
+    _alive: watch::Receiver<()>,
+}
+
+impl Open {
+    fn register(connections: &Arc<Mutex<Connections>>, alive: watch::Receiver<()>) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let mut guard = connections.lock().expect("never poisoned");
+        let id = guard.next;
+        guard.next += 1;
+        guard.open.insert(id, tx);
+        drop(guard);
+        Self {
+            id,
+            connections: Arc::clone(connections),
+            drain: Some(rx),
+            _alive: alive,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.connections.lock() {
+            guard.open.remove(&self.id);
+        }
+    }
+}
+
 async fn serve_connection<S, B>(
     http: hyper::server::conn::http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
-    mut drain: watch::Receiver<()>,
+    mut open: Open,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -191,13 +243,19 @@ async fn serve_connection<S, B>(
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);
+    let drain = open
+        .drain
+        .take()
+        .expect("a new connection has its drain signal");
     let result = tokio::select! {
+        biased;
         result = conn.as_mut() => result,
-        _ = drain.changed() => {
+        _ = drain => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
+    drop(open);
     if let Err(error) = result {
         tracing::debug!(%error, %peer, "connection ended with an error");
     }
