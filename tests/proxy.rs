@@ -632,10 +632,10 @@ async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
     let (up, _rec) = upstream::start(false).await;
     let gw = serve(Gateway::builder().route(
         "/api",
-        Route::to([url(up)]).timeout(Duration::from_millis(400)),
+        Route::to([url(up)]).timeout(Duration::from_millis(600)),
     ))
     .await;
-    // Ten chunks, 150 ms apart: 1.5 s of upload under a 400 ms timeout.
+    // Ten chunks, 150 ms apart: 1.5 s of upload under a 600 ms timeout.
     let chunks = futures_util::stream::unfold(0u64, |sent| async move {
         if sent == 10 {
             return None;
