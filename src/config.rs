@@ -456,22 +456,7 @@ impl AuthConfig {
             .iter()
             .enumerate()
             .try_fold(KeySet::new(), |set, (i, entry)| {
-                let secret = match (&entry.key, &entry.key_env) {
-                    (Some(secret), _) => secret.clone(),
-                    (None, Some(var)) => {
-                        std::env::var(var).map_err(|_| ConfigError::MissingEnv {
-                            key: format!("auth.keys[{i}].key_env"),
-                            var: var.clone(),
-                        })?
-                    }
-                    (None, None) => {
-                        return Err(ConfigError::invalid(
-                            format!("auth.keys[{i}]"),
-                            "needs `key` or `key_env`",
-                        ));
-                    }
-                };
-                Ok(set.key(entry.id.as_str(), secret))
+                Ok(set.key(entry.id.as_str(), entry.secret(i)?))
             })
     }
 
@@ -491,31 +476,12 @@ impl AuthConfig {
                     format_args!("duplicate key id {:?}", entry.id),
                 ));
             }
-            let (field, empty) = match (&entry.key, &entry.key_env) {
-                (Some(secret), None) => ("key", secret.is_empty()),
-                (None, Some(var)) => match std::env::var(var) {
-                    Ok(secret) => ("key_env", secret.is_empty()),
-                    Err(std::env::VarError::NotPresent) => {
-                        return Err(ConfigError::MissingEnv {
-                            key: format!("{key}.key_env"),
-                            var: var.clone(),
-                        });
-                    }
-                    Err(std::env::VarError::NotUnicode(_)) => {
-                        return Err(ConfigError::invalid(
-                            format!("{key}.key_env"),
-                            format_args!("environment variable {var} is not valid unicode"),
-                        ));
-                    }
-                },
-                _ => {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "set exactly one of `key` and `key_env`",
-                    ));
-                }
-            };
-            if empty {
+            if entry.secret(i)?.is_empty() {
+                let field = if entry.key.is_some() {
+                    "key"
+                } else {
+                    "key_env"
+                };
                 return Err(ConfigError::invalid(
                     format!("{key}.{field}"),
                     "the key must not be empty",
@@ -523,6 +489,31 @@ impl AuthConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ApiKeyConfig {
+    /// The key of `auth.keys[i]`: inline, or read from its environment variable.
+    fn secret(&self, i: usize) -> Result<String, ConfigError> {
+        let key = format!("auth.keys[{i}]");
+        match (&self.key, &self.key_env) {
+            (Some(secret), None) => Ok(secret.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(secret) => Ok(secret),
+                Err(std::env::VarError::NotPresent) => Err(ConfigError::MissingEnv {
+                    key: format!("{key}.key_env"),
+                    var: var.clone(),
+                }),
+                Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::invalid(
+                    format!("{key}.key_env"),
+                    format_args!("environment variable {var} is not valid unicode"),
+                )),
+            },
+            _ => Err(ConfigError::invalid(
+                key,
+                "set exactly one of `key` and `key_env`",
+            )),
+        }
     }
 }
 
