@@ -7,13 +7,15 @@
 //!             Router          404 / 400 before any policy: no token spent, no breaker touched
 //!             ├─ your route layers (Route::layer), outermost first
 //!             ApiKeyAuth      when auth is on: 401 / 403 before any limit is spent
+//!             RateLimit       per client (identity, else address): 429 + Retry-After
+//!             Bulkhead        per route, all clients: 429 at once; held until the body ends
 //!             Timeout         per attempt, until the response head: 504
 //!             ProxyService    streams to an upstream and back: 502 when unreachable
 //! ```
 //!
-//! The per-route policies of the coming releases (rate limit, circuit breaker, bulkhead,
-//! retry) slot in between auth and the timeout, in that order, so that an open circuit
-//! answers before the bulkhead and each retry attempt gets a fresh timeout.
+//! The circuit breaker and retry of the coming release slot in around the bulkhead (breaker
+//! outside, retry inside), so that an open circuit answers before the bulkhead and each
+//! retry attempt gets a fresh timeout.
 //!
 //! # Example
 //! ```no_run
@@ -41,6 +43,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -56,22 +59,32 @@ use tower::{Layer, Service};
 
 use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
+use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{
     ProxyClient, ProxyService, TrustedProxies, Upstream, UpstreamError, default_client,
 };
+use crate::rate_limit::{ClientKey, Quota, RateLimit, RateLimitLayer};
 use crate::route::{RouteError, Router};
 use crate::timeout::{RequestBody, Timeout, TimeoutLayer};
 
+/// The body of every gateway response: the upstream's stream or the gateway's own answer,
+/// holding the route's bulkhead slot until it ends.
+pub type GatewayResponseBody = ResponseBody<GatewayBody<Incoming>>;
+
 /// The response of every gateway stack.
-pub type GatewayResponse = Response<GatewayBody<Incoming>>;
+pub type GatewayResponse = Response<GatewayResponseBody>;
 
 /// A route's stack when it has no layers of the user's: with auth when it is on.
 pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B>>;
 
-/// The policies every route has, inside auth.
-pub type Policies<B> = Timeout<ProxyService<RequestBody<B>>>;
+/// The policies inside auth: the rate limit when the route has one, then the rest.
+pub type Policies<B> = Either<RateLimit<Admitted<B>>, Admitted<B>>;
+
+/// What runs once a request is admitted: the bulkhead (without a limit when the route has
+/// none), the per-attempt timeout and the proxy.
+pub type Admitted<B> = Bulkhead<Timeout<ProxyService<RequestBody<B>>>>;
 
 /// The client a gateway forwards with: its request bodies are the client's bodies behind the
 /// timeout's [`RequestBody`].
@@ -94,6 +107,8 @@ pub struct Route<B = Incoming> {
     strip_prefix: bool,
     timeout: Duration,
     anonymous: Vec<String>,
+    rate_limit: Option<Quota>,
+    bulkhead: Option<NonZeroUsize>,
     layers: Vec<WrapFn<B>>,
 }
 
@@ -104,6 +119,8 @@ impl<B> fmt::Debug for Route<B> {
             .field("strip_prefix", &self.strip_prefix)
             .field("timeout", &self.timeout)
             .field("anonymous", &self.anonymous)
+            .field("rate_limit", &self.rate_limit)
+            .field("bulkhead", &self.bulkhead)
             .field("layers", &self.layers.len())
             .finish()
     }
@@ -122,8 +139,26 @@ impl<B> Route<B> {
             strip_prefix: true,
             timeout: DEFAULT_TIMEOUT,
             anonymous: Vec::new(),
+            rate_limit: None,
+            bulkhead: None,
             layers: Vec::new(),
         }
+    }
+
+    /// Limits each client of this route to `quota`: by its auth identity when it has one,
+    /// else by its IP address (see [`ClientKey`]; the gateway's
+    /// [trusted proxies](GatewayBuilder::trusted_proxies) may name it). Over the limit:
+    /// `429` with `Retry-After`. Every response of the route carries the `RateLimit` headers.
+    pub fn rate_limit(mut self, quota: Quota) -> Self {
+        self.rate_limit = Some(quota);
+        self
+    }
+
+    /// At most `max_concurrent` requests of this route in flight, all clients together,
+    /// each counted until its response body ends; the excess gets `429` at once.
+    pub fn bulkhead(mut self, max_concurrent: NonZeroUsize) -> Self {
+        self.bulkhead = Some(max_concurrent);
+        self
     }
 
     /// When auth is on, lets requests under `sub_path` (relative to the route prefix, on a
@@ -280,7 +315,19 @@ where
                 })?;
             let proxy =
                 ProxyService::new(client.clone(), upstreams).trusted_proxies(self.trusted.clone());
-            let policies = TimeoutLayer::new(route.timeout).layer(proxy);
+            let bulkhead = match route.bulkhead {
+                Some(max) => BulkheadLayer::new(max),
+                None => BulkheadLayer::unlimited(),
+            };
+            let admitted = bulkhead.layer(TimeoutLayer::new(route.timeout).layer(proxy));
+            let policies = match route.rate_limit {
+                Some(quota) => Either::Left(
+                    RateLimitLayer::new(quota)
+                        .with_key(ClientKey::new().trusted_proxies(self.trusted.clone()))
+                        .layer(admitted),
+                ),
+                None => Either::Right(admitted),
+            };
             let stack = match &self.auth {
                 None => Either::Right(policies),
                 Some((keys, header)) => {

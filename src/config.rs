@@ -30,14 +30,15 @@
 //! ```
 //!
 //! The sections of the policies still to come (`[admin]`, `[rate_limit_store]`,
-//! `[routes.rate_limit]`, `[routes.bulkhead]`, `[routes.circuit_breaker]` and
-//! `[routes.retry]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
-//! so that a config never silently runs without a policy it asks for.
+//! `[routes.circuit_breaker]` and `[routes.retry]`) are parsed and checked, then refused
+//! with [`ConfigError::Unsupported`], so that a config never silently runs without a policy
+//! it asks for.
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -51,6 +52,7 @@ use serde::de::{Deserializer, Error as _};
 use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
 use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
+use crate::rate_limit::{Quota, QuotaError};
 use crate::route::{RouteError, validate_prefix};
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
@@ -301,9 +303,9 @@ pub struct RouteConfig {
     /// key when `[auth]` is on.
     #[serde(default)]
     pub anonymous: Vec<String>,
-    /// `[routes.rate_limit]`. Not supported yet.
+    /// `[routes.rate_limit]`: per client of this route.
     pub rate_limit: Option<RateLimitConfig>,
-    /// `[routes.bulkhead]`. Not supported yet.
+    /// `[routes.bulkhead]`: requests of this route in flight, all clients together.
     pub bulkhead: Option<BulkheadConfig>,
     /// `[routes.circuit_breaker]`. Not supported yet.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
@@ -411,8 +413,6 @@ impl Config {
         }
         for (i, route) in self.routes.iter().enumerate() {
             let sections = [
-                ("rate_limit", route.rate_limit.is_some()),
-                ("bulkhead", route.bulkhead.is_some()),
                 ("circuit_breaker", route.circuit_breaker.is_some()),
                 ("retry", route.retry.is_some()),
             ];
@@ -436,15 +436,24 @@ impl Config {
         if let Some(auth) = &self.auth {
             builder = builder.auth(auth.key_set()?, Some(auth.header.clone()));
         }
-        let builder = self.routes.iter().fold(builder, |builder, route| {
-            let target = route.anonymous.iter().fold(
+        for (i, route) in self.routes.iter().enumerate() {
+            let mut target = route.anonymous.iter().fold(
                 Route::to(route.upstreams.iter().cloned())
                     .strip_prefix(route.strip_prefix)
                     .timeout(route.timeout),
                 |target, path| target.anonymous(path.clone()),
             );
-            builder.route(route.prefix.clone(), target)
-        });
+            if let Some(limit) = &route.rate_limit {
+                target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
+            }
+            if let Some(bulkhead) = &route.bulkhead {
+                let max = NonZeroUsize::new(bulkhead.max_concurrent).ok_or_else(|| {
+                    ConfigError::zero(format!("routes[{i}].bulkhead.max_concurrent"))
+                })?;
+                target = target.bulkhead(max);
+            }
+            builder = builder.route(route.prefix.clone(), target);
+        }
         Ok(builder)
     }
 }
@@ -535,6 +544,23 @@ impl RateLimitStoreConfig {
     }
 }
 
+impl RateLimitConfig {
+    /// The quota, or what is wrong with it (`key` is the route's key path).
+    fn quota(&self, key: &str) -> Result<Quota, ConfigError> {
+        Quota::new(self.requests, self.window).map_err(|error| match error {
+            QuotaError::ZeroRequests => ConfigError::zero(format!("{key}.rate_limit.requests")),
+            _ => ConfigError::invalid(
+                format!("{key}.rate_limit.window"),
+                format_args!(
+                    "{} is too short for {} requests (under 1ns per request)",
+                    humantime::format_duration(self.window),
+                    self.requests
+                ),
+            ),
+        })
+    }
+}
+
 impl RouteConfig {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         validate_prefix(&self.prefix).map_err(|source| ConfigError::Route {
@@ -600,10 +626,13 @@ impl RouteConfig {
                     .is_some_and(|c| c.cooldown.is_zero()),
             ),
         ];
-        match first_set(&zero) {
-            Some(field) => Err(ConfigError::zero(format!("{key}.{field}"))),
-            None => Ok(()),
+        if let Some(field) = first_set(&zero) {
+            return Err(ConfigError::zero(format!("{key}.{field}")));
         }
+        if let Some(limit) = &self.rate_limit {
+            limit.quota(key)?;
+        }
+        Ok(())
     }
 }
 
@@ -785,15 +814,13 @@ base_delay = "100ms"
             match key.as_str() {
                 "admin" => config.admin = None,
                 "rate_limit_store" => config.rate_limit_store = None,
-                "routes[0].rate_limit" => route.rate_limit = None,
-                "routes[0].bulkhead" => route.bulkhead = None,
                 "routes[0].circuit_breaker" => route.circuit_breaker = None,
                 "routes[0].retry" => route.retry = None,
                 other => panic!("unexpected {other}"),
             }
             refused.push(key);
         }
-        assert_eq!(refused.len(), 6, "{refused:?}");
+        assert_eq!(refused.len(), 4, "{refused:?}");
         assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
         assert_eq!(
             Config::from_toml_str(FULL).unwrap_err().to_string(),

@@ -11,6 +11,8 @@
 //! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer): keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
 //! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer): strips hop-by-hop headers both ways, WebSocket upgrades excepted |
 //! | [`api_key`] | [`ApiKeyAuthLayer`](api_key::ApiKeyAuthLayer): keys kept as SHA-256 digests, an [`Identity`] per key, anonymous paths, scopes, `401`/`403` |
+//! | [`rate_limit`] | [`RateLimitLayer`](rate_limit::RateLimitLayer): per-client GCRA on governor, `429` + `Retry-After`, IETF `RateLimit` headers, bounded key memory, pluggable stores |
+//! | [`bulkhead`] | [`BulkheadLayer`](bulkhead::BulkheadLayer): at most N in flight until each response body ends, `429` at once, no queue |
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
 //! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
@@ -20,9 +22,10 @@
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
+//! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
 //!
-//! Rate limit, bulkhead, circuit breaker and retry are on their way; they slot into each
-//! route's stack in the order [`builder`] documents.
+//! Circuit breaker and retry are on their way; they slot into each route's stack in the
+//! order [`builder`] documents.
 //!
 //! The bundled example gateway runs all of it from a TOML file:
 //! `cargo run --example gateway` (see `examples/gateway/main.rs`).
@@ -55,7 +58,8 @@
 //! ```
 //!
 //! # Features
-//! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`, `proxy` for the
+//! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
+//! `rate-limit`, `bulkhead`, `proxy` for the
 //! proxy, router, builder and server, `config`), all on by default through `full`. The
 //! [`rejection`], [`body`] and [`extensions`] modules are always present.
 //!
@@ -104,6 +108,18 @@ pub mod server;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+
+#[cfg(any(feature = "proxy", feature = "rate-limit"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "proxy", feature = "rate-limit"))))]
+pub mod forwarded;
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
+
+#[cfg(feature = "bulkhead")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+pub mod bulkhead;
 
 pub use extensions::{CorrelationId, Identity, PeerAddr};
 pub use rejection::{Rejection, RejectionKind};

@@ -206,6 +206,12 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `GET path` with `headers` (each line ending in `\r\n`) added.
 fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let (status, _head, body) = exchange(addr, path, headers);
+    (status, body)
+}
+
+/// `GET path` with `headers` added: the status, the head (lowercased) and the body.
+fn exchange(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     write!(
@@ -221,7 +227,11 @@ fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
         "expected a sized body: {head}"
     );
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
-    (status.expect("a status line"), body.to_owned())
+    (
+        status.expect("a status line"),
+        head.to_ascii_lowercase(),
+        body.to_owned(),
+    )
 }
 
 fn route_to(upstream: SocketAddr) -> String {
@@ -269,9 +279,14 @@ fn bad_configs_exit_with_one_line_naming_the_key() {
             "auth.keys[0].key_env: environment variable TOWER_GATEWAY_UNSET_KEY is not set",
         ),
         (
+            "zero-requests",
+            format!("{route}[routes.rate_limit]\nrequests = 0\nwindow = \"1s\"\n"),
+            "routes[0].rate_limit.requests: must be greater than zero",
+        ),
+        (
             "unsupported",
-            format!("{route}[routes.rate_limit]\nrequests = 10\nwindow = \"1s\"\n"),
-            "routes[0].rate_limit: not supported yet",
+            format!("{route}[routes.circuit_breaker]\nfailure_threshold = 5\ncooldown = \"1s\"\n"),
+            "routes[0].circuit_breaker: not supported yet",
         ),
     ];
     for (name, text, expected) in cases {
@@ -324,6 +339,58 @@ fn proxies_to_the_configured_upstream() {
     assert_eq!(get(addr, "/api/a/ping?x=1"), (200, "pong".to_owned()));
     assert_eq!(*seen.lock().unwrap(), ["/ping?x=1"]);
     assert_eq!(get(addr, "/nowhere").0, 404);
+
+    gateway.terminate();
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn auth_then_rate_limit_from_the_config_file() {
+    let (upstream, seen) = upstream(Duration::ZERO);
+    let config = format!(
+        "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey = \"alice-secret\"\n\
+         {}anonymous = [\"/health\"]\n\
+         [routes.rate_limit]\nrequests = 3\nwindow = \"1m\"\n\
+         [routes.bulkhead]\nmax_concurrent = 8\n",
+        route_to(upstream)
+    );
+    let file = ConfigFile::new("limits", &config);
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let addr = gateway.listening();
+    const KEY: &str = "x-api-key: alice-secret\r\n";
+
+    // A 401 spends no token.
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/api/a/ping").0, 401);
+    }
+    for left in [2, 1, 0] {
+        let (status, head, _) = exchange(addr, "/api/a/ping", KEY);
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("\r\nratelimit-policy: \"default\";q=3;w=60\r\n"),
+            "{head}"
+        );
+        let t = 20 * (3 - left);
+        assert!(
+            head.contains(&format!("\r\nratelimit: \"default\";r={left};t={t}\r\n")),
+            "{head}"
+        );
+    }
+    let (status, head, body) = exchange(addr, "/api/a/ping", KEY);
+    assert_eq!(status, 429);
+    assert!(head.contains("\r\nretry-after: 20\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-type: application/problem+json\r\n"));
+    assert!(
+        head.contains("\r\nratelimit: \"default\";r=0;t=60\r\n"),
+        "{head}"
+    );
+    assert!(body.contains("\"status\":429"), "{body}");
+    // Anonymous requests count against the client's address: a budget of their own.
+    assert_eq!(get(addr, "/api/a/health").0, 200);
+    assert_eq!(seen.lock().unwrap().len(), 4, "3 with the key, 1 anonymous");
 
     gateway.terminate();
     assert!(gateway.wait().success());

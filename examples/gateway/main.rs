@@ -43,7 +43,8 @@ usage: gateway [--config FILE] [--listen ADDR] [--help]
 
 Without --config it serves the config below and starts its two demo upstreams, A on
 127.0.0.1:5051 and B on 127.0.0.1:5052, each answering /ping, /slow?ms=N, /fail?rate=R,
-/echo and /health; auth is on with the key dev-key (/health is anonymous).
+/echo and /health; auth is on with the key dev-key (/health is anonymous), each client
+may make 100 requests a minute per route, and /api/a has at most 64 in flight.
 Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
 
 RUST_LOG sets the log filter (default info). SIGTERM or Ctrl-C shuts down gracefully.
@@ -68,11 +69,22 @@ upstreams = ["http://127.0.0.1:5051"]
 timeout = "5s"
 anonymous = ["/health"]
 
+[routes.rate_limit]
+requests = 100
+window = "1m"
+
+[routes.bulkhead]
+max_concurrent = 64
+
 [[routes]]
 prefix = "/api/b"
 upstreams = ["http://127.0.0.1:5052"]
 timeout = "5s"
 anonymous = ["/health"]
+
+[routes.rate_limit]
+requests = 100
+window = "1m"
 "#;
 
 /// The demo upstreams of [`DEFAULT_CONFIG`].

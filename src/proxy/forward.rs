@@ -11,51 +11,17 @@
 //!   unless the peer is a trusted proxy, so a client cannot forge them for the upstream.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ipnet::IpNet;
 
 use crate::extensions::PeerAddr;
+pub use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR};
 
-/// `x-forwarded-for`.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-forwarded-host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// The networks whose peers may speak for the client in `X-Forwarded-*`.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedProxies {
-    nets: Box<[IpNet]>,
-}
-
-impl TrustedProxies {
-    /// Trusts the peers in `nets`.
-    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        Self {
-            nets: nets.into_iter().collect(),
-        }
-    }
-
-    /// Trusts nobody (the default).
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Whether `ip` is in a trusted network. IPv4-mapped IPv6 addresses count as IPv4.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.nets.iter().any(|net| net.contains(&ip))
-    }
-
-    /// Whether no network is trusted.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-}
 
 /// Rewrites `headers` for the upstream at `host` (its authority as a header value).
 pub(crate) fn set_forwarding_headers(

@@ -1,0 +1,486 @@
+//! Where rate-limit decisions are made: the [`RateLimitStore`] trait and the in-process
+//! [`LocalStore`] on governor's GCRA.
+
+use std::fmt;
+use std::future::{Future, Ready};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::{Quota as GcraQuota, RateLimiter};
+
+use super::Quota;
+
+/// A rate-limit decision for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Admit the request.
+    Allow {
+        /// Requests the client may still make right now.
+        remaining: u32,
+        /// How long until the client's quota is whole again.
+        reset: Duration,
+    },
+    /// Refuse it: `429`.
+    Deny {
+        /// How long until one request is admitted again.
+        retry_after: Duration,
+        /// How long until the client's quota is whole again.
+        reset: Duration,
+    },
+    /// The store cannot decide (a shared store that is down, configured to fail closed):
+    /// `503`.
+    Unavailable,
+}
+
+/// A [`RateLimitStore`]'s answer: now, or when the future resolves.
+#[derive(Debug)]
+pub enum Check<F> {
+    /// The decision, now: nothing to wait for on the request path.
+    Ready(Decision),
+    /// The decision comes when `F` resolves (a store across the network).
+    Pending(F),
+}
+
+/// Decides, per key, whether a request fits the quota. The in-process [`LocalStore`] is the
+/// default; a store shared by several gateway instances implements this trait too.
+///
+/// `key` is `None` for a request the key extractor could not attribute; such requests share
+/// one budget, so they are limited, never waved through.
+pub trait RateLimitStore<K>: Send + Sync + 'static {
+    /// The asynchronous decision; [`Ready`] for a store that always answers at once.
+    type Future: Future<Output = Decision> + Send;
+
+    /// The quota this store enforces (for the `RateLimit-Policy` header).
+    fn quota(&self) -> Quota;
+
+    /// Takes one request from `key`'s budget if it fits.
+    fn check(&self, key: Option<&K>) -> Check<Self::Future>;
+}
+
+impl<K, St: RateLimitStore<K>> RateLimitStore<K> for Arc<St> {
+    type Future = St::Future;
+
+    #[inline]
+    fn quota(&self) -> Quota {
+        (**self).quota()
+    }
+
+    #[inline]
+    fn check(&self, key: Option<&K>) -> Check<Self::Future> {
+        (**self).check(key)
+    }
+}
+
+/// The default cap on the number of keys a [`LocalStore`] tracks: one million (about 50 to
+/// 100 MiB with small keys).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Fewest keys before the first sweep for idle keys.
+const FIRST_SWEEP: usize = 1024;
+
+/// The longest time between two sweeps while keys keep arriving.
+const MAX_SWEEP_GAP: Duration = Duration::from_secs(10);
+
+/// The in-process store: governor's keyed GCRA over a concurrent map of per-key state, with
+/// bounded memory.
+///
+/// - **Decisions** are synchronous and lock-free per key: a read lock on one of the map's
+///   shards and a compare-and-swap on the key's state. A new key takes one shard's write
+///   lock once.
+/// - **Idle keys are evicted.** A key whose budget is whole again is indistinguishable from a
+///   new one and is dropped by a sweep. Sweeps run on the request path, one at a time, when
+///   the key count has doubled since the last one (so their cost is amortised over the keys
+///   inserted) and at most once per eighth of the window (or per 10 s, if that is shorter). [`sweep`](Self::sweep) runs one now.
+/// - **The key count is capped** ([`max_keys`](Self::max_keys), default
+///   [`DEFAULT_MAX_KEYS`]). While the map is full and no key is idle, new keys share one
+///   overflow budget with the requests that have no key: under a flood of distinct clients
+///   they are limited together, and memory stays bounded.
+///
+/// The clock is governor's (`C`); tests use [`governor::clock::FakeRelativeClock`].
+pub struct LocalStore<K, C = DefaultClock>
+where
+    K: Hash + Eq + Clone,
+    C: Clock,
+{
+    limiter: RateLimiter<Option<K>, Table<K>, C, StateInformationMiddleware>,
+    table: Table<K>,
+    clock: C,
+    quota: Quota,
+    period: Duration,
+    burst: u32,
+    /// Nanoseconds since `start` of the last sweep.
+    last_sweep: AtomicU64,
+    min_sweep_gap: u64,
+    start: C::Instant,
+}
+
+impl<K> LocalStore<K>
+where
+    K: Hash + Eq + Clone,
+{
+    /// A store enforcing `quota`, on governor's default (monotonic, high-resolution) clock.
+    pub fn new(quota: Quota) -> Self {
+        Self::with_clock(quota, DefaultClock::default())
+    }
+}
+
+impl<K, C> LocalStore<K, C>
+where
+    K: Hash + Eq + Clone,
+    C: Clock + Clone,
+{
+    /// A store enforcing `quota` on `clock`.
+    pub fn with_clock(quota: Quota, clock: C) -> Self {
+        Self::build(quota, clock, DEFAULT_MAX_KEYS)
+    }
+
+    fn build(quota: Quota, clock: C, max_keys: usize) -> Self {
+        let table = Table(Arc::new(TableInner {
+            map: DashMap::new(),
+            overflow: Cell::default(),
+            len: AtomicUsize::new(0),
+            max_keys: max_keys.max(1),
+            next_sweep: AtomicUsize::new(FIRST_SWEEP.min(max_keys.max(1))),
+            sweeping: AtomicBool::new(false),
+        }));
+        let period = quota.period();
+        let gcra = GcraQuota::with_period(period)
+            .expect("Quota guarantees a non-zero period")
+            .allow_burst(quota.requests());
+        let limiter: RateLimiter<_, _, _, StateInformationMiddleware> =
+            RateLimiter::new(gcra, table.clone(), clock.clone());
+        let start = clock.now();
+        Self {
+            limiter,
+            table,
+            clock,
+            quota,
+            period,
+            burst: quota.requests().get(),
+            last_sweep: AtomicU64::new(0),
+            min_sweep_gap: u64::from(Nanos::from((quota.window() / 8).min(MAX_SWEEP_GAP))),
+            start,
+        }
+    }
+
+    /// Caps the number of keys tracked (default [`DEFAULT_MAX_KEYS`]; at least 1). Call it
+    /// before the store is used: it starts an empty table.
+    pub fn max_keys(self, max_keys: usize) -> Self {
+        Self::build(self.quota, self.clock, max_keys)
+    }
+
+    pub(super) fn key_cap(&self) -> usize {
+        self.table.0.max_keys
+    }
+
+    /// The number of keys tracked now.
+    pub fn len(&self) -> usize {
+        self.table.0.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evicts every idle key (one whose budget is whole again) now, and gives the freed
+    /// memory back when most keys went.
+    pub fn sweep(&self) {
+        let before = self.len();
+        self.limiter.retain_recent();
+        let after = self.len();
+        if after < before / 2 {
+            self.limiter.shrink_to_fit();
+        }
+        let inner = &self.table.0;
+        let next = after.saturating_mul(2).max(FIRST_SWEEP).min(inner.max_keys);
+        inner.next_sweep.store(next, Ordering::Relaxed);
+        self.last_sweep.store(self.elapsed(), Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> u64 {
+        u64::from(self.clock.now().duration_since(self.start))
+    }
+
+    /// Sweeps when the key count calls for it and no other sweep is running.
+    #[cold]
+    fn maybe_sweep(&self) {
+        let inner = &self.table.0;
+        let since = self
+            .elapsed()
+            .saturating_sub(self.last_sweep.load(Ordering::Relaxed));
+        if since < self.min_sweep_gap {
+            return;
+        }
+        if inner
+            .sweeping
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.sweep();
+            inner.sweeping.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> fmt::Debug for LocalStore<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("quota", &self.quota)
+            .field("keys", &self.table.0.len.load(Ordering::Relaxed))
+            .field("max_keys", &self.table.0.max_keys)
+            .finish()
+    }
+}
+
+impl<K, C> RateLimitStore<K> for LocalStore<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    type Future = Ready<Decision>;
+
+    #[inline]
+    fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    #[inline]
+    fn check(&self, key: Option<&K>) -> Check<Self::Future> {
+        // governor keys on an owned value; a key is an Arc, an address or a small header.
+        let key = key.cloned();
+        let decision = match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Each used slot comes back one period after the previous one: at most this
+                // long (less than one period over) until the quota is whole.
+                Decision::Allow {
+                    remaining,
+                    reset: self.period * (self.burst - remaining.min(self.burst)),
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Decision::Deny {
+                    retry_after: wait,
+                    reset: wait + self.period * (self.burst - 1),
+                }
+            }
+        };
+        let inner = &self.table.0;
+        if inner.len.load(Ordering::Relaxed) >= inner.next_sweep.load(Ordering::Relaxed) {
+            self.maybe_sweep();
+        }
+        Check::Ready(decision)
+    }
+}
+
+/// The GCRA state of one key: its theoretical arrival time, in nanoseconds since the
+/// limiter started (0: never seen).
+#[derive(Default)]
+struct Cell(AtomicU64);
+
+impl Cell {
+    #[inline]
+    fn measure<T, F, E>(&self, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut prev = self.0.load(Ordering::Acquire);
+        loop {
+            let (result, next) = f((prev != 0).then(|| Nanos::from(prev)))?;
+            match self.0.compare_exchange_weak(
+                prev,
+                u64::from(next),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(result),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+struct TableInner<K> {
+    map: DashMap<K, Cell>,
+    /// The budget shared by requests without a key and by new keys while the map is full.
+    overflow: Cell,
+    len: AtomicUsize,
+    max_keys: usize,
+    next_sweep: AtomicUsize,
+    sweeping: AtomicBool,
+}
+
+/// governor's view of the table: keyed by `Option<K>`, `None` being the overflow budget.
+struct Table<K>(Arc<TableInner<K>>);
+
+impl<K> Clone for Table<K> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K: Hash + Eq + Clone> StateStore for Table<K> {
+    type Key = Option<K>;
+
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, key: &Option<K>, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let inner = &*self.0;
+        let Some(key) = key else {
+            return inner.overflow.measure(f);
+        };
+        if let Some(cell) = inner.map.get(key) {
+            return cell.measure(f);
+        }
+        if inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+            return inner.overflow.measure(f);
+        }
+        let cell = inner.map.entry(key.clone()).or_insert_with(|| {
+            inner.len.fetch_add(1, Ordering::Relaxed);
+            Cell::default()
+        });
+        cell.measure(f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<Option<K>> for Table<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let inner = &*self.0;
+        let drop_below = u64::from(drop_below);
+        inner.map.retain(|_, cell| {
+            let keep = cell.0.load(Ordering::Relaxed) > drop_below;
+            if !keep {
+                inner.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len.load(Ordering::Relaxed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn store(
+        requests: u32,
+        window: Duration,
+    ) -> (LocalStore<u64, FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::new(requests, window).unwrap();
+        (LocalStore::with_clock(quota, clock.clone()), clock)
+    }
+
+    fn decide(store: &LocalStore<u64, FakeRelativeClock>, key: Option<u64>) -> Decision {
+        match store.check(key.as_ref()) {
+            Check::Ready(d) => d,
+            Check::Pending(_) => unreachable!("the local store decides at once"),
+        }
+    }
+
+    #[test]
+    fn burst_then_one_per_period_with_exact_waits() {
+        let (store, clock) = store(3, Duration::from_secs(3));
+        for left in [2, 1, 0] {
+            match decide(&store, Some(1)) {
+                Decision::Allow { remaining, reset } => {
+                    assert_eq!(remaining, left);
+                    assert_eq!(reset, Duration::from_secs(u64::from(3 - left)));
+                }
+                other => panic!("expected Allow, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            decide(&store, Some(1)),
+            Decision::Deny {
+                retry_after: Duration::from_secs(1),
+                reset: Duration::from_secs(3),
+            }
+        );
+        clock.advance(Duration::from_millis(400));
+        match decide(&store, Some(1)) {
+            Decision::Deny { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_millis(600))
+            }
+            other => panic!("expected Deny, got {other:?}"),
+        }
+        clock.advance(Duration::from_millis(600));
+        assert!(matches!(
+            decide(&store, Some(1)),
+            Decision::Allow { remaining: 0, .. }
+        ));
+        // Another key has its own budget.
+        assert!(matches!(
+            decide(&store, Some(2)),
+            Decision::Allow { remaining: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn keyless_requests_share_one_budget() {
+        let (store, _clock) = store(2, Duration::from_secs(60));
+        assert!(matches!(decide(&store, None), Decision::Allow { .. }));
+        assert!(matches!(decide(&store, None), Decision::Allow { .. }));
+        assert!(matches!(decide(&store, None), Decision::Deny { .. }));
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_and_the_count_is_capped() {
+        let (store, clock) = store(10, Duration::from_secs(10));
+        let store = store.max_keys(5_000);
+        for key in 0..20_000 {
+            let _ = decide(&store, Some(key));
+        }
+        assert!(store.len() <= 5_000, "capped: {}", store.len());
+        // Beyond the cap new keys share the overflow budget, which runs out.
+        let denied = (100_000..100_100)
+            .filter(|k| matches!(decide(&store, Some(*k)), Decision::Deny { .. }))
+            .count();
+        assert!(
+            denied >= 90,
+            "overflow keys must share one budget: {denied} denied"
+        );
+        clock.advance(Duration::from_secs(11));
+        store.sweep();
+        assert_eq!(store.len(), 0);
+        // Sweeps also run on their own as keys arrive: the count never passes the cap.
+        for key in 200_000..230_000 {
+            let _ = decide(&store, Some(key));
+            if key % 1000 == 0 {
+                clock.advance(Duration::from_secs(11));
+            }
+        }
+        assert!(store.len() <= 5_000);
+        assert!(matches!(
+            decide(&store, Some(999_999)),
+            Decision::Allow { .. }
+        ));
+    }
+}
