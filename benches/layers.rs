@@ -11,12 +11,14 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
@@ -24,11 +26,16 @@ use criterion::{
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceBuilder};
+use tower_gateway::PeerAddr;
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
+use tower_gateway::bulkhead::BulkheadLayer;
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::hop_by_hop::HopByHopLayer;
+use tower_gateway::rate_limit::{PeerIp, Quota, RateLimitLayer};
 use tower_gateway::route::Router;
 use tower_gateway::timeout::TimeoutLayer;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
 
 type Req = Request<Empty<Bytes>>;
 type Res = Response<Full<Bytes>>;
@@ -60,6 +67,7 @@ fn bare<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + C
 struct Template {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
+    connect_info: bool,
 }
 
 impl Template {
@@ -87,7 +95,15 @@ impl Template {
         Self {
             uri: Uri::from_static("/api/a/ping?x=1"),
             headers,
+            connect_info: false,
         }
+    }
+
+    /// Also puts the peer in the extensions the way axum's `ConnectInfo` does, for
+    /// tower_governor's peer-IP key.
+    fn with_connect_info(mut self) -> Self {
+        self.connect_info = true;
+        self
     }
 
     fn build(&self) -> Req {
@@ -98,15 +114,18 @@ impl Template {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
-        req.extensions_mut().insert(PEER);
+        req.extensions_mut().insert(PeerAddr(PEER));
+        if self.connect_info {
+            req.extensions_mut().insert(ConnectInfo(PEER));
+        }
         req
     }
 }
 
 /// One request through `svc`, the way a server drives it.
-fn drive<S>(svc: &mut S, req: Req) -> Res
+fn drive<S, R>(svc: &mut S, req: Req) -> R
 where
-    S: Service<Req, Response = Res, Error = Infallible>,
+    S: Service<Req, Response = R, Error = Infallible>,
 {
     let mut cx = Context::from_waker(Waker::noop());
     assert!(svc.poll_ready(&mut cx).is_ready());
@@ -118,9 +137,9 @@ where
 }
 
 /// The `bare` row: the absolute time of one request through the bare service.
-fn row<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, template: &Template, mut svc: S)
+fn row<S, R>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, template: &Template, mut svc: S)
 where
-    S: Service<Req, Response = Res, Error = Infallible>,
+    S: Service<Req, Response = R, Error = Infallible>,
 {
     group.bench_function(name, |b| {
         b.iter(|| black_box(drive(&mut svc, template.build())))
@@ -130,15 +149,25 @@ where
 /// A layer's row: its overhead, the time of a request through `svc` minus one through the
 /// bare service, measured in alternating blocks of 128 so that whatever drifts on a shared
 /// machine (other tenants, frequency) hits both sides alike.
-fn overhead<S>(
+fn overhead<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, template: &Template, svc: S)
+where
+    S: Service<Req, Response = Res, Error = Infallible>,
+{
+    overhead_over(group, name, template, bare(), svc);
+}
+
+/// [`overhead`] over `base` (which `svc` wraps) instead of the bare service: for layers
+/// whose inner service answers in another body type.
+fn overhead_over<B, BR, S, SR>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     template: &Template,
+    mut base: B,
     mut svc: S,
 ) where
-    S: Service<Req, Response = Res, Error = Infallible>,
+    B: Service<Req, Response = BR, Error = Infallible>,
+    S: Service<Req, Response = SR, Error = Infallible>,
 {
-    let mut base = bare();
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let (mut bare_time, mut layered_time) = (Duration::ZERO, Duration::ZERO);
@@ -243,6 +272,64 @@ fn layers(c: &mut Criterion) {
         ready(Ok(res))
     });
     overhead(&mut group, "floor_correlation_id", &template, floor);
+    group.finish();
+
+    // Admission: the rate limiter's and the bulkhead's allow paths. The rate-limit rows run
+    // ours and the tower_governor crate on the same quota (10^9 a minute: 60 ns a request,
+    // a burst of 10^9, so nothing is ever refused) and the same key (the peer IP), side by
+    // side, each with and without its rate-limit headers. tower_governor can only answer in
+    // axum's body type, so these rows wrap a bare service that answers in it.
+    let template = Template::new(&[]).with_connect_info();
+    let mut group = c.benchmark_group("admission");
+    let axum_bare = || {
+        tower::service_fn(|req: Req| {
+            let res = upstream(req).into_inner().unwrap();
+            ready(Ok::<_, Infallible>(res.map(axum::body::Body::new)))
+        })
+    };
+    row(&mut group, "bare_axum_body", &template, axum_bare());
+    let quota = Quota::new(1_000_000_000, Duration::from_secs(60)).unwrap();
+    let ours = || RateLimitLayer::new(quota).with_key(PeerIp::new());
+    let theirs = || {
+        let mut config = GovernorConfigBuilder::default();
+        config.per_nanosecond(60).burst_size(1_000_000_000);
+        config
+    };
+    overhead_over(
+        &mut group,
+        "rate_limit_headers",
+        &template,
+        axum_bare(),
+        ours().layer(axum_bare()),
+    );
+    overhead_over(
+        &mut group,
+        "tower_governor_headers",
+        &template,
+        axum_bare(),
+        GovernorLayer::new(theirs().use_headers().finish().unwrap()).layer(axum_bare()),
+    );
+    overhead_over(
+        &mut group,
+        "rate_limit_no_headers",
+        &template,
+        axum_bare(),
+        ours().ietf_headers(false).layer(axum_bare()),
+    );
+    overhead_over(
+        &mut group,
+        "tower_governor_no_headers",
+        &template,
+        axum_bare(),
+        GovernorLayer::new(theirs().finish().unwrap()).layer(axum_bare()),
+    );
+    overhead_over(
+        &mut group,
+        "bulkhead",
+        &template,
+        bare(),
+        BulkheadLayer::new(NonZeroUsize::new(10_000).unwrap()).layer(bare()),
+    );
     group.finish();
 
     // An HTTP/1.0-style keep-alive request: two hop-by-hop headers to remove.

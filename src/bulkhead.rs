@@ -129,7 +129,10 @@ impl BulkheadLayer {
 
     /// A layer that admits every request and holds no permit, so that routes with and
     /// without a bulkhead have the same service type.
-    #[cfg_attr(not(feature = "proxy"), allow(dead_code, reason = "used by the builder"))]
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "used by the builder")
+    )]
     pub(crate) fn unlimited() -> Self {
         Self {
             limit: None,

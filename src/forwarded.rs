@@ -24,7 +24,7 @@
 //! assert_eq!(client_ip(&headers, peer, &trusted), peer);
 //! ```
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -70,7 +70,8 @@ impl TrustedProxies {
 /// When every listed address is trusted, the left-most one is the client. An entry that is
 /// not an address (`unknown`, junk) ends the walk: the hop that wrote it, the nearest trusted
 /// one, is taken as the client, so junk can never name somebody else. IPv4-mapped IPv6
-/// addresses come back as IPv4, and an entry may carry a port (`1.2.3.4:5`, `[::1]:5`).
+/// addresses come back as IPv4, and an entry may carry a port (`1.2.3.4:5`, `[::1]:5`) or
+/// brackets (`[::1]`).
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
     let mut client = peer.to_canonical();
     if trusted.is_empty() || !trusted.contains(client) {
@@ -99,7 +100,10 @@ fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
     let entry = std::str::from_utf8(entry).ok()?.trim();
     let ip = match entry.parse::<IpAddr>() {
         Ok(ip) => ip,
-        Err(_) => entry.parse::<SocketAddr>().ok()?.ip(),
+        Err(_) => match entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+            Some(v6) => v6.parse::<Ipv6Addr>().ok()?.into(),
+            None => entry.parse::<SocketAddr>().ok()?.ip(),
+        },
     };
     Some(ip.to_canonical())
 }
@@ -166,5 +170,9 @@ mod tests {
         );
         let h = xff(&["192.0.2.8:5000"]);
         assert_eq!(client_ip(&h, ip("10.0.0.1"), &trusted), ip("192.0.2.8"));
+        let h = xff(&["[2001:db8::2]"]);
+        assert_eq!(client_ip(&h, ip("10.0.0.1"), &trusted), ip("2001:db8::2"));
+        let h = xff(&["[1.2.3.4]"]);
+        assert_eq!(client_ip(&h, ip("10.0.0.1"), &trusted), ip("10.0.0.1"));
     }
 }

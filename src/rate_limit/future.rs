@@ -41,7 +41,9 @@ pin_project! {
         Check {
             #[pin]
             check: F,
-            pending: Option<Pending<S, R, ReqB>>,
+            // Boxed: only a store that answers later pays for carrying the request, and the
+            // future of the synchronous path stays small.
+            pending: Option<Box<Pending<S, R, ReqB>>>,
         },
         Forward {
             #[pin]
@@ -90,7 +92,7 @@ where
                         mut inner,
                         headers,
                         mut render,
-                    } = pending.take().expect("polled after completion");
+                    } = *pending.take().expect("polled after completion");
                     decide(&mut inner, &headers, &mut render, decision, req)
                 }
                 StateProj::Forward { fut, usage } => {

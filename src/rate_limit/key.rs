@@ -4,15 +4,58 @@ use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
 
-use http::HeaderValue;
 use http::header::HeaderName;
-use http::request::Parts;
+use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
 
 use crate::extensions::{Identity, PeerAddr};
 use crate::forwarded::{TrustedProxies, client_ip};
 
-/// Picks the key a request is counted under. Closures `Fn(&Parts) -> Option<K>` are key
-/// extractors too.
+/// A borrowed view of a request's head (everything but the body), for key extractors: four
+/// references, made without touching the request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request target.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The extensions (the auth [`Identity`], the [`PeerAddr`], ...).
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+}
+
+impl<'a, B> From<&'a Request<B>> for RequestHead<'a> {
+    #[inline]
+    fn from(req: &'a Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+}
+
+/// Picks the key a request is counted under. Closures `Fn(&RequestHead<'_>) -> Option<K>`
+/// are key extractors too.
 ///
 /// `None` means the request cannot be attributed; the limiter then counts it in one budget
 /// shared by all such requests (it is never waved through).
@@ -21,18 +64,18 @@ pub trait KeyExtractor: Send + Sync + 'static {
     type Key: Clone + Hash + Eq + Send + Sync + 'static;
 
     /// The key of the request whose head is `req`.
-    fn extract(&self, req: &Parts) -> Option<Self::Key>;
+    fn extract(&self, req: &RequestHead<'_>) -> Option<Self::Key>;
 }
 
 impl<F, K> KeyExtractor for F
 where
-    F: Fn(&Parts) -> Option<K> + Send + Sync + 'static,
+    F: Fn(&RequestHead<'_>) -> Option<K> + Send + Sync + 'static,
     K: Clone + Hash + Eq + Send + Sync + 'static,
 {
     type Key = K;
 
     #[inline]
-    fn extract(&self, req: &Parts) -> Option<K> {
+    fn extract(&self, req: &RequestHead<'_>) -> Option<K> {
         self(req)
     }
 }
@@ -71,8 +114,8 @@ impl KeyExtractor for ClientKey {
     type Key = Client;
 
     #[inline]
-    fn extract(&self, req: &Parts) -> Option<Client> {
-        match req.extensions.get::<Identity>() {
+    fn extract(&self, req: &RequestHead<'_>) -> Option<Client> {
+        match req.extensions().get::<Identity>() {
             Some(identity) => Some(Client::Identity(identity.clone())),
             None => self.ip.extract(req).map(Client::Ip),
         }
@@ -87,8 +130,8 @@ impl KeyExtractor for IdentityKey {
     type Key = Identity;
 
     #[inline]
-    fn extract(&self, req: &Parts) -> Option<Identity> {
-        req.extensions.get::<Identity>().cloned()
+    fn extract(&self, req: &RequestHead<'_>) -> Option<Identity> {
+        req.extensions().get::<Identity>().cloned()
     }
 }
 
@@ -118,9 +161,9 @@ impl KeyExtractor for PeerIp {
     type Key = IpAddr;
 
     #[inline]
-    fn extract(&self, req: &Parts) -> Option<IpAddr> {
-        let PeerAddr(peer) = req.extensions.get::<PeerAddr>()?;
-        Some(client_ip(&req.headers, peer.ip(), &self.trusted))
+    fn extract(&self, req: &RequestHead<'_>) -> Option<IpAddr> {
+        let PeerAddr(peer) = req.extensions().get::<PeerAddr>()?;
+        Some(client_ip(req.headers(), peer.ip(), &self.trusted))
     }
 }
 
@@ -145,8 +188,8 @@ impl KeyExtractor for HeaderKey {
     type Key = HeaderValue;
 
     #[inline]
-    fn extract(&self, req: &Parts) -> Option<HeaderValue> {
-        req.headers.get(&self.0).cloned()
+    fn extract(&self, req: &RequestHead<'_>) -> Option<HeaderValue> {
+        req.headers().get(&self.0).cloned()
     }
 }
 
@@ -158,7 +201,7 @@ impl KeyExtractor for GlobalKey {
     type Key = ();
 
     #[inline]
-    fn extract(&self, _req: &Parts) -> Option<()> {
+    fn extract(&self, _req: &RequestHead<'_>) -> Option<()> {
         Some(())
     }
 }
@@ -166,9 +209,8 @@ impl KeyExtractor for GlobalKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Request;
 
-    fn parts(peer: Option<&str>, xff: Option<&str>, identity: Option<&str>) -> Parts {
+    fn request(peer: Option<&str>, xff: Option<&str>, identity: Option<&str>) -> Request<()> {
         let mut req = Request::get("/").body(()).unwrap();
         if let Some(peer) = peer {
             req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
@@ -180,22 +222,26 @@ mod tests {
         if let Some(id) = identity {
             req.extensions_mut().insert(Identity::new(id));
         }
-        req.into_parts().0
+        req
+    }
+
+    fn head(req: &Request<()>) -> RequestHead<'_> {
+        RequestHead::from(req)
     }
 
     #[test]
     fn client_key_prefers_the_identity_then_the_address() {
         let key = ClientKey::new();
         assert_eq!(
-            key.extract(&parts(Some("1.2.3.4:5"), None, Some("alice"))),
+            key.extract(&head(&request(Some("1.2.3.4:5"), None, Some("alice")))),
             Some(Client::Identity(Identity::new("alice")))
         );
         assert_eq!(
-            key.extract(&parts(Some("1.2.3.4:5"), Some("9.9.9.9"), None)),
+            key.extract(&head(&request(Some("1.2.3.4:5"), Some("9.9.9.9"), None))),
             Some(Client::Ip("1.2.3.4".parse().unwrap())),
             "an untrusted peer cannot pick its key with X-Forwarded-For"
         );
-        assert_eq!(key.extract(&parts(None, None, None)), None);
+        assert_eq!(key.extract(&head(&request(None, None, None))), None);
     }
 
     #[test]
@@ -203,19 +249,19 @@ mod tests {
         let key =
             ClientKey::new().trusted_proxies(TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]));
         assert_eq!(
-            key.extract(&parts(
+            key.extract(&head(&request(
                 Some("10.0.0.1:5"),
                 Some("6.6.6.6, 203.0.113.7"),
                 None
-            )),
+            ))),
             Some(Client::Ip("203.0.113.7".parse().unwrap()))
         );
     }
 
     #[test]
     fn header_global_and_closure_keys() {
-        let mut req = Request::get("/").header("x-tenant", "t1").body(()).unwrap();
-        let (p, _) = std::mem::replace(&mut req, Request::new(())).into_parts();
+        let req = Request::get("/").header("x-tenant", "t1").body(()).unwrap();
+        let p = head(&req);
         assert_eq!(
             HeaderKey::new(HeaderName::from_static("x-tenant"))
                 .extract(&p)
@@ -227,7 +273,7 @@ mod tests {
             None
         );
         assert_eq!(GlobalKey.extract(&p), Some(()));
-        let by_path = |p: &Parts| Some(p.uri.path().to_owned());
+        let by_path = |p: &RequestHead<'_>| Some(p.uri().path().to_owned());
         assert_eq!(by_path.extract(&p).as_deref(), Some("/"));
         assert_eq!(IdentityKey.extract(&p), None);
     }

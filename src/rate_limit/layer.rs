@@ -1,19 +1,17 @@
 //! [`RateLimitLayer`] and its service.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::future::{ResponseFuture, State};
-use super::key::{Client, ClientKey, KeyExtractor};
+use super::key::{Client, ClientKey, KeyExtractor, RequestHead};
 use super::store::{Check, Decision, LocalStore, RateLimitStore};
 use super::{Quota, ceil_secs};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
@@ -207,9 +205,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let key = self.shared.key.extract(&parts);
-        let req = Request::from_parts(parts, body);
+        let key = self.shared.key.extract(&RequestHead::from(&req));
         let state = match self.shared.store.check(key.as_ref()) {
             Check::Ready(decision) => decide(
                 &mut self.inner,
@@ -225,12 +221,12 @@ where
                 let inner = mem::replace(&mut self.inner, inner);
                 State::Check {
                     check,
-                    pending: Some(super::future::Pending {
+                    pending: Some(Box::new(super::future::Pending {
                         req,
                         inner,
                         headers: Arc::clone(&self.shared.headers),
                         render: self.render.clone(),
-                    }),
+                    })),
                 }
             }
         };
@@ -328,20 +324,56 @@ impl Headers {
     pub(super) fn apply(&self, headers: &mut HeaderMap, usage: Usage) {
         let reset = ceil_secs(usage.reset);
         if self.ietf {
-            let mut value = String::with_capacity(32);
-            write!(value, "\"default\";r={};t={}", usage.remaining, reset)
-                .expect("writing to a String cannot fail");
+            // `"default";r=<u32>;t=<u64>`: at most 44 bytes, written without `fmt`.
+            const PREFIX: &[u8] = b"\"default\";r=";
+            let mut buf = [0u8; 48];
+            buf[..PREFIX.len()].copy_from_slice(PREFIX);
+            let mut len = PREFIX.len();
+            len += write_decimal(&mut buf[len..], u64::from(usage.remaining));
+            buf[len..len + 3].copy_from_slice(b";t=");
+            len += 3;
+            len += write_decimal(&mut buf[len..], reset);
             headers.insert(RATELIMIT_POLICY, self.policy.clone());
             headers.insert(
                 RATELIMIT,
-                HeaderValue::from_maybe_shared(Bytes::from(value))
-                    .expect("digits and quotes are a valid value"),
+                HeaderValue::from_bytes(&buf[..len]).expect("digits and quotes are a valid value"),
             );
         }
         if self.legacy {
             headers.insert(X_RATELIMIT_LIMIT, self.limit.clone());
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(usage.remaining));
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+        }
+    }
+}
+
+/// Writes `n` in decimal at the start of `buf` (at least 20 bytes long); returns the length.
+fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    buf[..len].copy_from_slice(&digits[i..]);
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_decimal;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 1234567890, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = [0u8; 20];
+            let len = write_decimal(&mut buf, n);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), n.to_string());
         }
     }
 }

@@ -77,7 +77,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 pub use future::ResponseFuture;
-pub use key::{Client, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp};
+pub use key::{
+    Client, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, RequestHead,
+};
 pub use layer::{RateLimit, RateLimitLayer};
 pub use store::{Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore};
 

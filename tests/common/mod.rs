@@ -2,6 +2,7 @@
 //! HTTP/1.1 client that shows exactly which headers crossed the wire.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gauge;
 pub mod upstream;
 
 use std::convert::Infallible;
