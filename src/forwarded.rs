@@ -72,9 +72,18 @@ impl TrustedProxies {
 /// one, is taken as the client, so junk can never name somebody else. IPv4-mapped IPv6
 /// addresses come back as IPv4, and an entry may carry a port (`1.2.3.4:5`, `[::1]:5`) or
 /// brackets (`[::1]`).
+#[inline]
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
-    let mut client = peer.to_canonical();
-    if trusted.is_empty() || !trusted.contains(client) {
+    let peer = peer.to_canonical();
+    if trusted.is_empty() {
+        return peer;
+    }
+    behind_proxies(headers, peer, trusted)
+}
+
+fn behind_proxies(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = peer;
+    if !trusted.contains(client) {
         return client;
     }
     let values: Vec<&[u8]> = headers

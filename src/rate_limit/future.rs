@@ -48,7 +48,7 @@ pin_project! {
         Forward {
             #[pin]
             fut: S::Future,
-            usage: Option<(Usage, Arc<Headers>)>,
+            usage: Option<(Usage, Headers)>,
         },
         Answer { res: Option<Response<ResB>> },
     }

@@ -1,8 +1,9 @@
 //! [`RateLimitLayer`] and its service.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::mem;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -235,6 +236,7 @@ where
 }
 
 /// Forwards `req` to `inner` or answers for it, once the store has decided.
+#[inline]
 pub(super) fn decide<S, St, R, ReqB, ResB>(
     inner: &mut S,
     headers: &Arc<Headers>,
@@ -251,7 +253,7 @@ where
             fut: inner.call(req),
             usage: headers
                 .any()
-                .then(|| (Usage { remaining, reset }, Arc::clone(headers))),
+                .then(|| (Usage { remaining, reset }, Headers::clone(headers))),
         },
         Decision::Deny { retry_after, reset } => {
             let mut rejection = Rejection::new(RejectionKind::RateLimited)
@@ -311,8 +313,8 @@ impl Headers {
         Self {
             ietf: true,
             legacy: false,
-            policy: HeaderValue::try_from(policy).expect("digits and quotes are a valid value"),
-            limit: HeaderValue::from(quota.requests().get()),
+            policy: interned(policy),
+            limit: interned(quota.requests().to_string()),
         }
     }
 
@@ -345,6 +347,26 @@ impl Headers {
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
         }
     }
+}
+
+/// `value` as a header value whose clones cost no reference count: each distinct value is
+/// kept once for the life of the process (one per distinct quota, so a handful), and
+/// responses clone it from there.
+fn interned(value: String) -> HeaderValue {
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let value: &'static str = match seen.get(value.as_str()) {
+        Some(kept) => kept,
+        None => {
+            let kept: &'static str = Box::leak(value.into_boxed_str());
+            seen.insert(kept);
+            kept
+        }
+    };
+    HeaderValue::from_static(value)
 }
 
 /// Writes `n` in decimal at the start of `buf` (at least 20 bytes long); returns the length.

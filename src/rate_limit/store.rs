@@ -12,8 +12,8 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{NotKeyed, StateStore};
 use governor::{Quota as GcraQuota, RateLimiter};
 
 use super::Quota;
@@ -111,7 +111,9 @@ where
     K: Hash + Eq + Clone,
     C: Clock,
 {
-    limiter: RateLimiter<Option<K>, Table<K>, C, StateInformationMiddleware>,
+    limiter: RateLimiter<K, Table<K>, C, StateInformationMiddleware>,
+    /// The same GCRA over the table's overflow budget, for requests without a key.
+    overflow: RateLimiter<NotKeyed, Overflow<K>, C, StateInformationMiddleware>,
     table: Table<K>,
     clock: C,
     quota: Quota,
@@ -158,9 +160,12 @@ where
             .allow_burst(quota.requests());
         let limiter: RateLimiter<_, _, _, StateInformationMiddleware> =
             RateLimiter::new(gcra, table.clone(), clock.clone());
+        let overflow: RateLimiter<_, _, _, StateInformationMiddleware> =
+            RateLimiter::new(gcra, Overflow(table.clone()), clock.clone());
         let start = clock.now();
         Self {
             limiter,
+            overflow,
             table,
             clock,
             quota,
@@ -258,8 +263,11 @@ where
     #[inline]
     fn check(&self, key: Option<&K>) -> Check<Self::Future> {
         // governor keys on an owned value; a key is an Arc, an address or a small header.
-        let key = key.cloned();
-        let decision = match self.limiter.check_key(&key) {
+        let outcome = match key {
+            Some(key) => self.limiter.check_key(key),
+            None => self.overflow.check(),
+        };
+        let decision = match outcome {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 // Each used slot comes back one period after the previous one: at most this
@@ -322,8 +330,24 @@ struct TableInner<K> {
     sweeping: AtomicBool,
 }
 
-/// governor's view of the table: keyed by `Option<K>`, `None` being the overflow budget.
+/// governor's view of the table: a budget per key, and the overflow budget for new keys
+/// while the table is full.
 struct Table<K>(Arc<TableInner<K>>);
+
+/// governor's view of the overflow budget alone, for requests without a key.
+struct Overflow<K>(Table<K>);
+
+impl<K> StateStore for Overflow<K> {
+    type Key = NotKeyed;
+
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.0.overflow.measure(f)
+    }
+}
 
 impl<K> Clone for Table<K> {
     fn clone(&self) -> Self {
@@ -332,17 +356,14 @@ impl<K> Clone for Table<K> {
 }
 
 impl<K: Hash + Eq + Clone> StateStore for Table<K> {
-    type Key = Option<K>;
+    type Key = K;
 
     #[inline]
-    fn measure_and_replace<T, F, E>(&self, key: &Option<K>, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let inner = &*self.0;
-        let Some(key) = key else {
-            return inner.overflow.measure(f);
-        };
         if let Some(cell) = inner.map.get(key) {
             return cell.measure(f);
         }
@@ -357,7 +378,7 @@ impl<K: Hash + Eq + Clone> StateStore for Table<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<Option<K>> for Table<K> {
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Table<K> {
     fn retain_recent(&self, drop_below: Nanos) {
         let inner = &*self.0;
         let drop_below = u64::from(drop_below);
