@@ -7,6 +7,10 @@
 //! flight until its last frame. The slot comes back when the body ends, fails or is dropped, or
 //! when the response future fails or is dropped, so a client that hangs up gives its slot back.
 //!
+//! A request that asks for a protocol upgrade (a WebSocket) shares its slot with the tunnel
+//! it may become: after a `101` the [proxy](crate::proxy) keeps the slot until the tunnel
+//! closes (see [`UpgradeGuards`]), so open WebSockets count as in flight too.
+//!
 //! A request that finds every slot taken is answered `429` at once: it never waits for a slot,
 //! and it never reaches the inner service. Nothing is reserved in `poll_ready`, which is passed
 //! through to the inner service.
@@ -56,6 +60,7 @@
 //! `429 Too Many Requests`, kind [`RejectionKind::ConcurrencyLimited`], without `Retry-After`
 //! (no one can tell when a slot frees up), with the request's correlation ID and path.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -64,10 +69,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http::header::UPGRADE;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::extensions::UpgradeGuards;
 use tower::{Layer, Service};
 
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
@@ -262,11 +270,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let permit = match &self.limit {
             None => None,
             Some(limit) => match limit.try_admit() {
-                Some(permit) => Some(permit),
+                Some(permit) if req.headers().contains_key(UPGRADE) => {
+                    // It may become a tunnel that outlives the response: the proxy keeps a
+                    // share of the slot in the tunnel until it closes.
+                    let shared = Arc::new(permit);
+                    req.extensions_mut()
+                        .get_or_insert_default::<UpgradeGuards>()
+                        .push(Arc::clone(&shared) as Arc<dyn Any + Send + Sync>);
+                    Some(Slot::Shared(shared))
+                }
+                Some(permit) => Some(Slot::Owned(permit)),
                 None => {
                     let res = Rejection::new(RejectionKind::ConcurrencyLimited)
                         .with_detail(
@@ -307,7 +324,7 @@ pin_project! {
         Forward {
             #[pin]
             fut: F,
-            permit: Option<OwnedSemaphorePermit>,
+            permit: Option<Slot>,
         },
         Answer { res: Option<Response<ResponseBody<B>>> },
     }
@@ -350,8 +367,15 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
     }
+}
+
+/// A request's slot: its own, or shared with the tunnel it may become (see
+/// [`UpgradeGuards`]).
+enum Slot {
+    Owned(#[allow(dead_code, reason = "held for its drop")] OwnedSemaphorePermit),
+    Shared(#[allow(dead_code, reason = "held for its drop")] Arc<OwnedSemaphorePermit>),
 }
 
 impl<B> ResponseBody<B> {
@@ -365,7 +389,7 @@ impl<B> ResponseBody<B> {
 
     /// Wraps `body`, holding `permit` until it ends; a body that has already ended lets the
     /// permit go at once.
-    fn holding(body: B, permit: Option<OwnedSemaphorePermit>) -> Self
+    fn holding(body: B, permit: Option<Slot>) -> Self
     where
         B: Body,
     {

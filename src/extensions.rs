@@ -5,6 +5,7 @@
 //! other: the rate limiter, the proxy and every rejection read them without depending on
 //! the correlation ID layer or the server.
 
+use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,5 +193,41 @@ impl MatchedRoute {
             (true, "/") => self.prefix.to_string(),
             (true, _) => format!("{}{path}", self.prefix),
         }
+    }
+}
+
+/// Guards that must live as long as an upgraded connection's tunnel, in the request
+/// extensions.
+///
+/// A layer that holds something for as long as a request is in flight (the bulkhead's slot)
+/// puts a clone of it here when the request asks for a protocol upgrade. When the upstream
+/// answers `101 Switching Protocols`, the [proxy](crate::proxy) moves these guards into the
+/// tunnel it opens and drops them when the tunnel closes; otherwise they go with the request.
+/// So a WebSocket counts as in flight for as long as it is open.
+#[derive(Clone, Default)]
+pub struct UpgradeGuards(Vec<Arc<dyn Any + Send + Sync>>);
+
+impl UpgradeGuards {
+    /// Keeps `guard` until the tunnel closes (or the request is done, if it is not upgraded).
+    pub fn push(&mut self, guard: Arc<dyn Any + Send + Sync>) {
+        self.0.push(guard);
+    }
+
+    /// How many guards are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no guard is kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for UpgradeGuards {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpgradeGuards")
+            .field("len", &self.0.len())
+            .finish()
     }
 }

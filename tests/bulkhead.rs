@@ -405,3 +405,37 @@ async fn the_bulkhead_alone_in_an_axum_router() {
     );
     assert_eq!(entered.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_slot_until_the_tunnel_closes() {
+    let (up, _rec) = upstream::start(false).await;
+    let gw =
+        serve_gateway(Gateway::builder().route("/api", Route::to([url(up)]).bulkhead(nz(1)))).await;
+
+    let mut ws = TcpStream::connect(gw).await.unwrap();
+    ws.write_all(
+        b"GET /api/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The tunnel works: bytes come back.
+    ws.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut echo))
+        .await
+        .expect("the tunnel echoes")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // The 101's empty body has ended, but the tunnel still holds the only slot.
+    for _ in 0..3 {
+        assert_bulkhead_full(&get(gw, "/api/ping").await);
+    }
+
+    drop(ws);
+    let took = admitted_within_2s(gw, "/api/ping").await;
+    eprintln!("slot back {took:?} after the tunnel closed");
+}

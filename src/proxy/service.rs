@@ -25,7 +25,7 @@ use super::error::ProxyError;
 use super::forward::{TrustedProxies, set_forwarding_headers};
 use super::upgrade;
 use crate::body::GatewayBody;
-use crate::extensions::{CorrelationId, PeerAddr};
+use crate::extensions::{CorrelationId, PeerAddr, UpgradeGuards};
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with.
@@ -258,8 +258,10 @@ where
             &inner.proto,
             &inner.trusted,
         );
-        let client_upgrade =
-            upgrade::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade::wants_upgrade(req.headers()).then(|| {
+            let guards = req.extensions_mut().remove::<UpgradeGuards>();
+            (hyper::upgrade::on(&mut req), guards.unwrap_or_default())
+        });
         *req.uri_mut() = uri;
         // HTTP/1.1 upstream whatever the client spoke, so the pooled connection stays alive.
         *req.version_mut() = Version::HTTP_11;
@@ -287,7 +289,7 @@ pin_project! {
         Forward {
             #[pin]
             fut: hyper_util::client::legacy::ResponseFuture,
-            client_upgrade: Option<OnUpgrade>,
+            client_upgrade: Option<(OnUpgrade, UpgradeGuards)>,
             correlation_id: Option<CorrelationId>,
         },
         Answer { res: Option<Response<GatewayBody<Incoming>>> },
@@ -324,7 +326,7 @@ impl Future for ResponseFuture {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        let Some(client) = client_upgrade.take() else {
+                        let Some((client, guards)) = client_upgrade.take() else {
                             // Nothing to join it to: the client would wait on a dead socket.
                             let rejection = Rejection::new(RejectionKind::BadGateway)
                                 .with_detail("the upstream switched protocols unasked");
@@ -333,7 +335,7 @@ impl Future for ResponseFuture {
                                 .into_response()));
                         };
                         let upstream = hyper::upgrade::on(&mut res);
-                        tokio::spawn(upgrade::tunnel(client, upstream));
+                        tokio::spawn(upgrade::tunnel(client, upstream, guards));
                     }
                     Poll::Ready(Ok(res.map(GatewayBody::stream)))
                 }

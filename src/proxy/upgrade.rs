@@ -6,6 +6,8 @@ use http::header;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::extensions::UpgradeGuards;
+
 /// Whether the request asks to switch protocols (`Connection: upgrade` and an `Upgrade`).
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -18,8 +20,10 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Waits for both sides to finish switching, then copies bytes both ways until either side
-/// closes. Runs in its own task, outside the request's lifetime.
-pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+/// closes. Runs in its own task, outside the request's lifetime, and keeps `guards` (a
+/// bulkhead slot, say) until it ends.
+pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: UpgradeGuards) {
+    let _guards = guards;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {
