@@ -19,9 +19,17 @@
 //!     prefix = "/api/a"
 //!     upstreams = ["http://127.0.0.1:5051"]
 //!     timeout = "5s"
+//!
+//!     [routes.rate_limit]     # per client: auth identity, else client IP
+//!     requests = 100
+//!     window = "1m"
+//!
+//!     [routes.bulkhead]       # per route, all clients together
+//!     max_concurrent = 64
 //!     "#,
 //! )?;
 //! assert_eq!(config.routes[0].timeout, Duration::from_secs(5));
+//! assert_eq!(config.routes[0].bulkhead.as_ref().unwrap().max_concurrent, 64);
 //! assert_eq!(config.server.shutdown_grace, Duration::from_secs(30)); // the default
 //!
 //! let gateway = config.gateway_builder::<hyper::body::Incoming>()?.build()?;

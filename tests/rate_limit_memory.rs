@@ -51,7 +51,7 @@ fn client(i: u64) -> IpAddr {
 }
 
 fn admitted(store: &LocalStore<IpAddr, FakeRelativeClock>, key: IpAddr) -> bool {
-    match store.check(Some(&key)) {
+    match store.check(Some(&key), true) {
         Check::Ready(Decision::Allow { .. }) => true,
         Check::Ready(_) => false,
         Check::Pending(_) => unreachable!("the local store answers at once"),

@@ -207,7 +207,11 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let key = self.shared.key.extract(&RequestHead::from(&req));
-        let state = match self.shared.store.check(key.as_ref()) {
+        let state = match self
+            .shared
+            .store
+            .check(key.as_ref(), self.shared.headers.any())
+        {
             Check::Ready(decision) => decide(
                 &mut self.inner,
                 &self.shared.headers,

@@ -306,7 +306,8 @@ mod tests {
         fn quota(&self) -> Quota {
             quota(5, 10)
         }
-        fn check(&self, key: Option<&Client>) -> Check<Self::Future> {
+        fn check(&self, key: Option<&Client>, usage: bool) -> Check<Self::Future> {
+            assert!(usage, "the layer reports usage in its headers");
             assert!(key.is_some());
             let decision = self.0;
             Check::Pending(Box::pin(async move {

@@ -1,6 +1,7 @@
 //! Where rate-limit decisions are made: the [`RateLimitStore`] trait and the in-process
 //! [`LocalStore`] on governor's GCRA.
 
+use std::cell::Cell as StdCell;
 use std::fmt;
 use std::future::{Future, Ready};
 use std::hash::Hash;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::StateInformationMiddleware;
+use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{NotKeyed, StateStore};
@@ -63,7 +64,11 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     fn quota(&self) -> Quota;
 
     /// Takes one request from `key`'s budget if it fits.
-    fn check(&self, key: Option<&K>) -> Check<Self::Future>;
+    ///
+    /// `usage` says whether the caller reports the `remaining` and `reset` of an
+    /// [`Allow`](Decision::Allow) (in the rate-limit headers). When it is `false` a store may
+    /// skip working them out and answer zeros.
+    fn check(&self, key: Option<&K>, usage: bool) -> Check<Self::Future>;
 }
 
 impl<K, St: RateLimitStore<K>> RateLimitStore<K> for Arc<St> {
@@ -75,8 +80,8 @@ impl<K, St: RateLimitStore<K>> RateLimitStore<K> for Arc<St> {
     }
 
     #[inline]
-    fn check(&self, key: Option<&K>) -> Check<Self::Future> {
-        (**self).check(key)
+    fn check(&self, key: Option<&K>, usage: bool) -> Check<Self::Future> {
+        (**self).check(key, usage)
     }
 }
 
@@ -111,13 +116,14 @@ where
     K: Hash + Eq + Clone,
     C: Clock,
 {
-    limiter: RateLimiter<K, Table<K>, C, StateInformationMiddleware>,
+    limiter: RateLimiter<K, Table<K>, C, NoOpMiddleware<C::Instant>>,
     /// The same GCRA over the table's overflow budget, for requests without a key.
-    overflow: RateLimiter<NotKeyed, Overflow<K>, C, StateInformationMiddleware>,
+    overflow: RateLimiter<NotKeyed, Overflow<K>, C, NoOpMiddleware<C::Instant>>,
     table: Table<K>,
     clock: C,
     quota: Quota,
     period: Duration,
+    period_nanos: u64,
     burst: u32,
     /// Nanoseconds since `start` of the last sweep.
     last_sweep: AtomicU64,
@@ -152,16 +158,15 @@ where
             len: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             next_sweep: AtomicUsize::new(FIRST_SWEEP.min(max_keys.max(1))),
+            sweep_due: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
         }));
         let period = quota.period();
         let gcra = GcraQuota::with_period(period)
             .expect("Quota guarantees a non-zero period")
             .allow_burst(quota.requests());
-        let limiter: RateLimiter<_, _, _, StateInformationMiddleware> =
-            RateLimiter::new(gcra, table.clone(), clock.clone());
-        let overflow: RateLimiter<_, _, _, StateInformationMiddleware> =
-            RateLimiter::new(gcra, Overflow(table.clone()), clock.clone());
+        let limiter = RateLimiter::new(gcra, table.clone(), clock.clone());
+        let overflow = RateLimiter::new(gcra, Overflow(table.clone()), clock.clone());
         let start = clock.now();
         Self {
             limiter,
@@ -170,6 +175,7 @@ where
             clock,
             quota,
             period,
+            period_nanos: u64::from(Nanos::from(period)),
             burst: quota.requests().get(),
             last_sweep: AtomicU64::new(0),
             min_sweep_gap: u64::from(Nanos::from((quota.window() / 8).min(MAX_SWEEP_GAP))),
@@ -209,6 +215,7 @@ where
         let inner = &self.table.0;
         let next = after.saturating_mul(2).max(FIRST_SWEEP).min(inner.max_keys);
         inner.next_sweep.store(next, Ordering::Relaxed);
+        inner.sweep_due.store(false, Ordering::Relaxed);
         self.last_sweep.store(self.elapsed(), Ordering::Relaxed);
     }
 
@@ -261,22 +268,28 @@ where
     }
 
     #[inline]
-    fn check(&self, key: Option<&K>) -> Check<Self::Future> {
-        // governor keys on an owned value; a key is an Arc, an address or a small header.
+    fn check(&self, key: Option<&K>, usage: bool) -> Check<Self::Future> {
         let outcome = match key {
             Some(key) => self.limiter.check_key(key),
             None => self.overflow.check(),
         };
         let decision = match outcome {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                // Each used slot comes back one period after the previous one: at most this
-                // long (less than one period over) until the quota is whole.
+            Ok(()) if usage => {
+                // The key's new theoretical arrival time, which its state just took on this
+                // thread: the quota is whole again when the clock reaches it.
+                let tat = LAST_TAT.with(StdCell::get);
+                let ahead = tat.saturating_sub(self.elapsed());
+                let whole = self.period_nanos * u64::from(self.burst);
+                let remaining = whole.saturating_sub(ahead) / self.period_nanos;
                 Decision::Allow {
-                    remaining,
-                    reset: self.period * (self.burst - remaining.min(self.burst)),
+                    remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                    reset: Duration::from_nanos(ahead),
                 }
             }
+            Ok(()) => Decision::Allow {
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 Decision::Deny {
@@ -286,11 +299,19 @@ where
             }
         };
         let inner = &self.table.0;
-        if inner.len.load(Ordering::Relaxed) >= inner.next_sweep.load(Ordering::Relaxed) {
+        if inner.sweep_due.load(Ordering::Relaxed) {
             self.maybe_sweep();
         }
         Check::Ready(decision)
     }
+}
+
+thread_local! {
+    /// The theoretical arrival time a key's state last took on this thread. A decision and
+    /// the read of this happen on one thread, one after the other, inside
+    /// [`LocalStore::check`], so it is that decision's: the usage of an `Allow` costs no
+    /// second lookup and no snapshot when nobody asks for it.
+    static LAST_TAT: StdCell<u64> = const { StdCell::new(0) };
 }
 
 /// The GCRA state of one key: its theoretical arrival time, in nanoseconds since the
@@ -313,7 +334,10 @@ impl Cell {
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(result),
+                Ok(_) => {
+                    LAST_TAT.with(|last| last.set(u64::from(next)));
+                    return Ok(result);
+                }
                 Err(actual) => prev = actual,
             }
         }
@@ -327,6 +351,9 @@ struct TableInner<K> {
     len: AtomicUsize,
     max_keys: usize,
     next_sweep: AtomicUsize,
+    /// Set when a new key finds the count at `next_sweep` or the table full: the request
+    /// path then looks at the clock to see whether a sweep may run.
+    sweep_due: AtomicBool,
     sweeping: AtomicBool,
 }
 
@@ -368,10 +395,14 @@ impl<K: Hash + Eq + Clone> StateStore for Table<K> {
             return cell.measure(f);
         }
         if inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+            inner.sweep_due.store(true, Ordering::Relaxed);
             return inner.overflow.measure(f);
         }
         let cell = inner.map.entry(key.clone()).or_insert_with(|| {
-            inner.len.fetch_add(1, Ordering::Relaxed);
+            let len = inner.len.fetch_add(1, Ordering::Relaxed) + 1;
+            if len >= inner.next_sweep.load(Ordering::Relaxed) {
+                inner.sweep_due.store(true, Ordering::Relaxed);
+            }
             Cell::default()
         });
         cell.measure(f)
@@ -419,7 +450,7 @@ mod tests {
     }
 
     fn decide(store: &LocalStore<u64, FakeRelativeClock>, key: Option<u64>) -> Decision {
-        match store.check(key.as_ref()) {
+        match store.check(key.as_ref(), true) {
             Check::Ready(d) => d,
             Check::Pending(_) => unreachable!("the local store decides at once"),
         }
