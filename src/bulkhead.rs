@@ -51,6 +51,22 @@
 //! # }
 //! ```
 //!
+//! # In axum
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::num::NonZeroUsize;
+//! use axum::{Router, routing::get};
+//! use tower_gateway::bulkhead::BulkheadLayer;
+//!
+//! // At most 8 exports at a time; the ninth gets a 429 problem+json at once.
+//! let app = Router::new()
+//!     .route("/export", get(|| async { "a big export" }))
+//!     .layer(BulkheadLayer::new(NonZeroUsize::new(8).unwrap()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
 //! # Ordering
 //! After the rate limiter and the circuit breaker, before retry: a request over its rate limit
 //! or facing an open circuit is answered before it takes a slot, and a retried request holds

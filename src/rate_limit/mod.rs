@@ -48,6 +48,29 @@
 //! # }
 //! ```
 //!
+//! # In axum
+//! Alone in a plain axum app, keyed by the client address axum's `ConnectInfo` carries (a
+//! closure key; [`PeerIp`] reads the [`PeerAddr`](crate::PeerAddr) the crate's own server
+//! sets):
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::{net::SocketAddr, time::Duration};
+//! use axum::{Router, extract::ConnectInfo, routing::get};
+//! use tower_gateway::rate_limit::{Quota, RateLimitLayer, RequestHead};
+//!
+//! let app = Router::new().route("/", get(|| async { "hello" })).layer(
+//!     RateLimitLayer::new(Quota::new(100, Duration::from_secs(60))?).with_key(
+//!         |req: &RequestHead<'_>| {
+//!             let ConnectInfo(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
+//!             Some(peer.ip())
+//!         },
+//!     ),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Ordering
 //! After routing and auth, before the circuit breaker and the bulkhead: a `404` or a `401`
 //! costs no token, the limiter can key on the identity auth established, and a client over
