@@ -18,7 +18,7 @@ use tower_gateway::bulkhead::BulkheadLayer;
 
 use common::gauge::{self, Answer, client, fetch, serve_gateway};
 use common::upstream::{self, pattern};
-use common::{raw_request, serve_axum};
+use common::{raw_request, read_head, serve_axum};
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
@@ -115,19 +115,6 @@ async fn a_concurrent_flood_never_has_more_than_the_cap_at_the_upstream() {
 }
 
 /// Reads a response head, one byte at a time, so nothing of the body is consumed.
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
-            .await
-            .expect("a response head")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
 /// Sends `GET {target}` on a connection of its own and reads the head and `body_bytes` bytes
 /// of the body (chunked framing included); the stream stays open.
 async fn start_download(gw: SocketAddr, target: &str, body_bytes: usize) -> TcpStream {

@@ -21,7 +21,7 @@ use tower_gateway::proxy::{ProxyError, TrustedProxies};
 use tower_gateway::server::Server;
 
 use common::upstream::{self, checksum, pattern};
-use common::{RawResponse, raw_request};
+use common::{RawResponse, raw_request, read_head};
 
 /// Serves `builder`'s gateway on `listener`; returns its address.
 async fn serve_on(listener: TcpListener, builder: GatewayBuilder) -> SocketAddr {
@@ -525,19 +525,6 @@ async fn a_slow_client_is_disconnected_after_the_header_read_timeout() {
         read.is_ok(),
         "the gateway closes a connection whose head never completes"
     );
-}
-
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
-            .await
-            .expect("a response head")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {

@@ -123,3 +123,21 @@ pub fn seen_headers(body: &[u8]) -> serde_json::Map<String, serde_json::Value> {
         other => panic!("expected an object, got {other}"),
     }
 }
+
+/// Reads a response head (through the blank line) byte by byte, so that whatever follows
+/// (a body, a tunnel) stays in the stream; 5 s at most.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_exact(&mut byte),
+        )
+        .await
+        .expect("a response head")
+        .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
