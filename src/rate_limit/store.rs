@@ -13,7 +13,6 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota as GcraQuota, RateLimiter};
 
@@ -92,6 +91,9 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Fewest keys before the first sweep for idle keys.
 const FIRST_SWEEP: usize = 1024;
 
+/// Above this many keys a sweep runs on a thread of its own.
+const BACKGROUND_SWEEP: usize = 100_000;
+
 /// The longest time between two sweeps while keys keep arriving.
 const MAX_SWEEP_GAP: Duration = Duration::from_secs(10);
 
@@ -102,9 +104,11 @@ const MAX_SWEEP_GAP: Duration = Duration::from_secs(10);
 ///   shards and a compare-and-swap on the key's state. A new key takes one shard's write
 ///   lock once.
 /// - **Idle keys are evicted.** A key whose budget is whole again is indistinguishable from a
-///   new one and is dropped by a sweep. Sweeps run on the request path, one at a time, when
-///   the key count has doubled since the last one (so their cost is amortised over the keys
-///   inserted) and at most once per eighth of the window (or per 10 s, if that is shorter). [`sweep`](Self::sweep) runs one now.
+///   new one and is dropped by a sweep. A sweep is due when new keys have doubled the count
+///   since the last one (so its cost is amortised over the keys inserted) or find the table
+///   full, and runs at most once per eighth of the window (or per 10 s, if that is shorter),
+///   one at a time: on the request that finds it due for up to 100,000 keys, above that on a
+///   thread of its own. [`sweep`](Self::sweep) runs one now.
 /// - **The key count is capped** ([`max_keys`](Self::max_keys), default
 ///   [`DEFAULT_MAX_KEYS`]). While the map is full and no key is idle, new keys share one
 ///   overflow budget with the requests that have no key: under a flood of distinct clients
@@ -206,24 +210,29 @@ where
     /// Evicts every idle key (one whose budget is whole again) now, and gives the freed
     /// memory back when most keys went.
     pub fn sweep(&self) {
-        let before = self.len();
-        self.limiter.retain_recent();
-        let after = self.len();
-        if after < before / 2 {
-            self.limiter.shrink_to_fit();
-        }
-        let inner = &self.table.0;
-        let next = after.saturating_mul(2).max(FIRST_SWEEP).min(inner.max_keys);
-        inner.next_sweep.store(next, Ordering::Relaxed);
-        inner.sweep_due.store(false, Ordering::Relaxed);
         self.last_sweep.store(self.elapsed(), Ordering::Relaxed);
+        self.table.sweep(self.drop_below());
     }
 
     fn elapsed(&self) -> u64 {
         u64::from(self.clock.now().duration_since(self.start))
     }
 
-    /// Sweeps when the key count calls for it and no other sweep is running.
+    /// Keys whose theoretical arrival time is at or before this are idle: their budget is
+    /// whole again, as for a key never seen.
+    fn drop_below(&self) -> u64 {
+        self.elapsed().saturating_sub(self.period_nanos)
+    }
+}
+
+impl<K, C> LocalStore<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock + Clone,
+{
+    /// Sweeps when the key count calls for it and no other sweep is running. A big table is
+    /// swept on a thread of its own, so no request waits for it (a million keys take about
+    /// 20 ms); a small one right here.
     #[cold]
     fn maybe_sweep(&self) {
         let inner = &self.table.0;
@@ -236,11 +245,26 @@ where
         if inner
             .sweeping
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+            .is_err()
         {
-            self.sweep();
-            inner.sweeping.store(false, Ordering::Release);
+            return;
         }
+        self.last_sweep.store(self.elapsed(), Ordering::Relaxed);
+        let drop_below = self.drop_below();
+        if inner.len.load(Ordering::Relaxed) > BACKGROUND_SWEEP {
+            let table = self.table.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rate-limit-sweep".into())
+                .spawn(move || {
+                    table.sweep(drop_below);
+                    table.0.sweeping.store(false, Ordering::Release);
+                });
+            if spawned.is_ok() {
+                return;
+            }
+        }
+        self.table.sweep(drop_below);
+        inner.sweeping.store(false, Ordering::Release);
     }
 }
 
@@ -361,6 +385,29 @@ struct TableInner<K> {
 /// while the table is full.
 struct Table<K>(Arc<TableInner<K>>);
 
+impl<K: Hash + Eq> Table<K> {
+    /// Drops the keys whose theoretical arrival time is at or before `drop_below`, gives the
+    /// memory back when most went, and sets the count at which the next sweep is due.
+    fn sweep(&self, drop_below: u64) {
+        let inner = &*self.0;
+        let before = inner.len.load(Ordering::Relaxed);
+        inner.map.retain(|_, cell| {
+            let keep = cell.0.load(Ordering::Relaxed) > drop_below;
+            if !keep {
+                inner.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        let after = inner.len.load(Ordering::Relaxed);
+        if after < before / 2 {
+            inner.map.shrink_to_fit();
+        }
+        let next = after.saturating_mul(2).max(FIRST_SWEEP).min(inner.max_keys);
+        inner.next_sweep.store(next, Ordering::Relaxed);
+        inner.sweep_due.store(false, Ordering::Relaxed);
+    }
+}
+
 /// governor's view of the overflow budget alone, for requests without a key.
 struct Overflow<K>(Table<K>);
 
@@ -406,32 +453,6 @@ impl<K: Hash + Eq + Clone> StateStore for Table<K> {
             Cell::default()
         });
         cell.measure(f)
-    }
-}
-
-impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Table<K> {
-    fn retain_recent(&self, drop_below: Nanos) {
-        let inner = &*self.0;
-        let drop_below = u64::from(drop_below);
-        inner.map.retain(|_, cell| {
-            let keep = cell.0.load(Ordering::Relaxed) > drop_below;
-            if !keep {
-                inner.len.fetch_sub(1, Ordering::Relaxed);
-            }
-            keep
-        });
-    }
-
-    fn shrink_to_fit(&self) {
-        self.0.map.shrink_to_fit();
-    }
-
-    fn len(&self) -> usize {
-        self.0.len.load(Ordering::Relaxed)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
