@@ -557,6 +557,13 @@ impl RateLimitConfig {
     fn quota(&self, key: &str) -> Result<Quota, ConfigError> {
         Quota::new(self.requests, self.window).map_err(|error| match error {
             QuotaError::ZeroRequests => ConfigError::zero(format!("{key}.rate_limit.requests")),
+            QuotaError::WindowTooLong => ConfigError::invalid(
+                format!("{key}.rate_limit.window"),
+                format_args!(
+                    "{} is longer than the longest window, a year",
+                    humantime::format_duration(self.window)
+                ),
+            ),
             _ => ConfigError::invalid(
                 format!("{key}.rate_limit.window"),
                 format_args!(
@@ -834,6 +841,26 @@ base_delay = "100ms"
             Config::from_toml_str(FULL).unwrap_err().to_string(),
             "admin: not supported yet"
         );
+    }
+
+    #[test]
+    fn rate_limit_windows_are_checked() {
+        let limit = |requests: u32, window: &str| {
+            format!("{ROUTE}[routes.rate_limit]\nrequests = {requests}\nwindow = \"{window}\"\n")
+        };
+        assert_eq!(
+            error(&limit(1, "600years")),
+            "routes[0].rate_limit.window: 600years is longer than the longest window, a year"
+        );
+        assert_eq!(
+            error(&limit(10, "5ns")),
+            "routes[0].rate_limit.window: 5ns is too short for 10 requests (under 1ns per request)"
+        );
+        assert_eq!(
+            error(&limit(0, "1s")),
+            "routes[0].rate_limit.requests: must be greater than zero"
+        );
+        assert!(Config::from_toml_str(&limit(100, "365days")).is_ok());
     }
 
     #[test]

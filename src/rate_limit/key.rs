@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
@@ -108,6 +108,12 @@ impl ClientKey {
         self.ip = self.ip.trusted_proxies(trusted);
         self
     }
+
+    /// Counts IPv6 clients by network (see [`PeerIp::ipv6_prefix`]).
+    pub fn ipv6_prefix(mut self, len: u8) -> Self {
+        self.ip = self.ip.ipv6_prefix(len);
+        self
+    }
 }
 
 impl KeyExtractor for ClientKey {
@@ -139,15 +145,37 @@ impl KeyExtractor for IdentityKey {
 /// [`Server`](crate::server::Server) sets; in axum, set it from `ConnectInfo`), or, when the
 /// peer is a trusted proxy, the right-most untrusted `X-Forwarded-For` entry
 /// ([`client_ip`]). `None` without a `PeerAddr`.
-#[derive(Clone, Debug, Default)]
+///
+/// IPv6 addresses count one by one by default. A single host often holds a whole /64,
+/// though, and could spread its requests over as many keys as it likes:
+/// [`ipv6_prefix(64)`](Self::ipv6_prefix) counts each /64 as one client.
+#[derive(Clone, Debug)]
 pub struct PeerIp {
     trusted: TrustedProxies,
+    v6_mask: u128,
+}
+
+impl Default for PeerIp {
+    fn default() -> Self {
+        Self {
+            trusted: TrustedProxies::none(),
+            v6_mask: u128::MAX,
+        }
+    }
 }
 
 impl PeerIp {
     /// The peer's address; no proxy trusted.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts IPv6 clients by their first `len` bits (clamped to 128; 64 is one
+    /// subnet). IPv4 addresses are unaffected.
+    pub fn ipv6_prefix(mut self, len: u8) -> Self {
+        let len = u32::from(len.min(128));
+        self.v6_mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        self
     }
 
     /// Peers in `trusted` may name the client in `X-Forwarded-For`.
@@ -163,15 +191,25 @@ impl KeyExtractor for PeerIp {
     #[inline]
     fn extract(&self, req: &RequestHead<'_>) -> Option<IpAddr> {
         let PeerAddr(peer) = req.extensions().get::<PeerAddr>()?;
-        Some(client_ip(req.headers(), peer.ip(), &self.trusted))
+        match client_ip(req.headers(), peer.ip(), &self.trusted) {
+            IpAddr::V6(ip) if self.v6_mask != u128::MAX => {
+                Some(IpAddr::V6(Ipv6Addr::from(u128::from(ip) & self.v6_mask)))
+            }
+            ip => Some(ip),
+        }
     }
 }
 
-/// The value of a request header (the first one); `None` without it.
+/// The value of a request header (the first one); `None` without it, or when the value is
+/// longer than [`HeaderKey::MAX_LEN`] bytes (such requests share the budget of requests
+/// without a key, and the limiter's memory stays bounded by its key cap times that length).
 #[derive(Clone)]
 pub struct HeaderKey(HeaderName);
 
 impl HeaderKey {
+    /// The longest value used as a key: 256 bytes.
+    pub const MAX_LEN: usize = 256;
+
     /// Keys on `header`.
     pub fn new(header: HeaderName) -> Self {
         Self(header)
@@ -189,7 +227,10 @@ impl KeyExtractor for HeaderKey {
 
     #[inline]
     fn extract(&self, req: &RequestHead<'_>) -> Option<HeaderValue> {
-        req.headers().get(&self.0).cloned()
+        req.headers()
+            .get(&self.0)
+            .filter(|value| value.len() <= Self::MAX_LEN)
+            .cloned()
     }
 }
 
@@ -259,6 +300,29 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_can_count_by_network() {
+        let exact = PeerIp::new();
+        let by_64 = PeerIp::new().ipv6_prefix(64);
+        let a = request(Some("[2001:db8:1:2:aaaa::1]:5"), None, None);
+        let b = request(Some("[2001:db8:1:2:bbbb::9]:5"), None, None);
+        let v4 = request(Some("192.0.2.1:5"), None, None);
+        assert_ne!(exact.extract(&head(&a)), exact.extract(&head(&b)));
+        assert_eq!(by_64.extract(&head(&a)), by_64.extract(&head(&b)));
+        assert_eq!(
+            by_64.extract(&head(&a)),
+            Some("2001:db8:1:2::".parse().unwrap())
+        );
+        assert_eq!(
+            by_64.extract(&head(&v4)),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            PeerIp::new().ipv6_prefix(0).extract(&head(&a)),
+            Some("::".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn header_global_and_closure_keys() {
         let req = Request::get("/").header("x-tenant", "t1").body(()).unwrap();
         let p = head(&req);
@@ -271,6 +335,15 @@ mod tests {
         assert_eq!(
             HeaderKey::new(HeaderName::from_static("x-other")).extract(&p),
             None
+        );
+        let long = Request::get("/")
+            .header("x-tenant", "t".repeat(HeaderKey::MAX_LEN + 1))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            HeaderKey::new(HeaderName::from_static("x-tenant")).extract(&head(&long)),
+            None,
+            "over-long values do not become keys"
         );
         assert_eq!(GlobalKey.extract(&p), Some(()));
         let by_path = |p: &RequestHead<'_>| Some(p.uri().path().to_owned());

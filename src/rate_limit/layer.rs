@@ -263,12 +263,14 @@ where
             let mut rejection = Rejection::new(RejectionKind::RateLimited)
                 .for_request(&req)
                 .with_retry_after(retry_after);
+            // `Retry-After` is whole seconds, at least one; `t` is never less.
+            let wait = Duration::from_secs(ceil_secs(retry_after).max(1));
             let mut extra = HeaderMap::new();
             headers.apply(
                 &mut extra,
                 Usage {
                     remaining: 0,
-                    reset,
+                    reset: reset.max(wait),
                 },
             );
             for (name, value) in extra {

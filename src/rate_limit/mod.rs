@@ -124,14 +124,24 @@ pub enum QuotaError {
     /// `window` is zero, or so short that `window / requests` is under a nanosecond.
     #[error("window must be at least one nanosecond per request")]
     WindowTooShort,
+    /// `window` is longer than [`Quota::MAX_WINDOW`].
+    #[error("window must be at most a year")]
+    WindowTooLong,
 }
 
 impl Quota {
+    /// The longest window: 365 days. (The limiter counts time in nanoseconds in 64 bits,
+    /// which ends at 584 years; a year leaves that far out of reach.)
+    pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// `requests` per `window`.
     pub fn new(requests: u32, window: Duration) -> Result<Self, QuotaError> {
         let requests = NonZeroU32::new(requests).ok_or(QuotaError::ZeroRequests)?;
         if (window / requests.get()).is_zero() {
             return Err(QuotaError::WindowTooShort);
+        }
+        if window > Self::MAX_WINDOW {
+            return Err(QuotaError::WindowTooLong);
         }
         Ok(Self { requests, window })
     }

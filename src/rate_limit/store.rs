@@ -91,6 +91,10 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Fewest keys before the first sweep for idle keys.
 const FIRST_SWEEP: usize = 1024;
 
+/// How long a key's budget must have been whole before a sweep drops it (nanoseconds): a
+/// margin over the few nanoseconds by which this store's clock and governor's may differ.
+const IDLE_MARGIN: u64 = 1_000_000;
+
 /// Above this many keys a sweep runs on a thread of its own.
 const BACKGROUND_SWEEP: usize = 100_000;
 
@@ -104,15 +108,18 @@ const MAX_SWEEP_GAP: Duration = Duration::from_secs(10);
 ///   shards and a compare-and-swap on the key's state. A new key takes one shard's write
 ///   lock once.
 /// - **Idle keys are evicted.** A key whose budget is whole again is indistinguishable from a
-///   new one and is dropped by a sweep. A sweep is due when new keys have doubled the count
+///   new one and is dropped by a sweep (once it has been whole for a millisecond). A sweep is due when new keys have doubled the count
 ///   since the last one (so its cost is amortised over the keys inserted) or find the table
 ///   full, and runs at most once per eighth of the window (or per 10 s, if that is shorter),
 ///   one at a time: on the request that finds it due for up to 100,000 keys, above that on a
 ///   thread of its own. [`sweep`](Self::sweep) runs one now.
 /// - **The key count is capped** ([`max_keys`](Self::max_keys), default
-///   [`DEFAULT_MAX_KEYS`]). While the map is full and no key is idle, new keys share one
-///   overflow budget with the requests that have no key: under a flood of distinct clients
-///   they are limited together, and memory stays bounded.
+///   [`DEFAULT_MAX_KEYS`]; new keys arriving at once on several threads may pass it by at
+///   most one each). While the map is full and no key is idle, new keys share one overflow
+///   budget with the requests that have no key: under a flood of distinct clients they are
+///   limited together, and memory stays bounded. The bound in bytes is the cap times the
+///   size of an entry: about 70 bytes with address keys, more with keys that own memory
+///   ([`HeaderKey`](super::HeaderKey) values are at most 256 bytes).
 ///
 /// The clock is governor's (`C`); tests use [`governor::clock::FakeRelativeClock`].
 pub struct LocalStore<K, C = DefaultClock>
@@ -165,13 +172,16 @@ where
             sweep_due: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
         }));
+        // Read before the limiters read theirs: this store's clock then runs a few
+        // nanoseconds ahead of theirs, so the usage it works out errs (by nanoseconds) on the
+        // client's side and never reports one request less than the client has.
+        let start = clock.now();
         let period = quota.period();
         let gcra = GcraQuota::with_period(period)
             .expect("Quota guarantees a non-zero period")
             .allow_burst(quota.requests());
         let limiter = RateLimiter::new(gcra, table.clone(), clock.clone());
         let overflow = RateLimiter::new(gcra, Overflow(table.clone()), clock.clone());
-        let start = clock.now();
         Self {
             limiter,
             overflow,
@@ -218,10 +228,10 @@ where
         u64::from(self.clock.now().duration_since(self.start))
     }
 
-    /// Keys whose theoretical arrival time is at or before this are idle: their budget is
-    /// whole again, as for a key never seen.
+    /// Keys whose theoretical arrival time is at or before this are idle: their budget has
+    /// been whole again for a millisecond, and a key never seen would be treated the same.
     fn drop_below(&self) -> u64 {
-        self.elapsed().saturating_sub(self.period_nanos)
+        self.elapsed().saturating_sub(IDLE_MARGIN)
     }
 }
 
@@ -256,15 +266,24 @@ where
             let spawned = std::thread::Builder::new()
                 .name("rate-limit-sweep".into())
                 .spawn(move || {
+                    let _done = SweepDone(&table);
                     table.sweep(drop_below);
-                    table.0.sweeping.store(false, Ordering::Release);
                 });
             if spawned.is_ok() {
                 return;
             }
         }
+        let _done = SweepDone(&self.table);
         self.table.sweep(drop_below);
-        inner.sweeping.store(false, Ordering::Release);
+    }
+}
+
+/// Lets the next sweep run when this one ends, even if it panics (a key's `Drop`, say).
+struct SweepDone<'a, K>(&'a Table<K>);
+
+impl<K> Drop for SweepDone<'_, K> {
+    fn drop(&mut self) {
+        self.0.0.sweeping.store(false, Ordering::Release);
     }
 }
 
@@ -513,6 +532,21 @@ mod tests {
             decide(&store, Some(2)),
             Decision::Allow { remaining: 2, .. }
         ));
+    }
+
+    #[test]
+    fn new_keys_on_the_real_clock_report_the_burst_less_one() {
+        let quota = Quota::new(2, Duration::from_secs(60)).unwrap();
+        let store: LocalStore<u64> = LocalStore::new(quota);
+        for key in 0..20_000 {
+            match store.check(Some(&key), true) {
+                Check::Ready(Decision::Allow { remaining, reset }) => {
+                    assert_eq!(remaining, 1, "key {key}");
+                    assert!(reset <= Duration::from_secs(30), "key {key}: {reset:?}");
+                }
+                _ => panic!("a new key is admitted"),
+            }
+        }
     }
 
     #[test]
