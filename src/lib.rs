@@ -21,6 +21,7 @@
 //! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
+//! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (for the coming breaker and retry) |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
 //!
@@ -61,7 +62,7 @@
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
 //! `rate-limit`, `bulkhead`, `proxy` for the
 //! proxy, router, builder and server, `config`), all on by default through `full`. The
-//! [`rejection`], [`body`] and [`extensions`] modules are always present.
+//! [`rejection`], [`body`], [`classify`] and [`extensions`] modules are always present.
 //!
 //! [tower]: https://docs.rs/tower
 #![forbid(unsafe_code)]
@@ -73,6 +74,7 @@
 mod macros;
 
 pub mod body;
+pub mod classify;
 pub mod extensions;
 pub mod rejection;
 
