@@ -1,0 +1,107 @@
+//! The response future of [`CircuitBreaker`](super::CircuitBreaker).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::state::{Breaker, ProbeTicket};
+use crate::classify::{FailureClassifier, ResponseHead};
+
+/// Where a request's outcome goes.
+pub(super) enum Recorder {
+    /// Admitted while closed: to the failure count. A request that is dropped before its
+    /// answer reports nothing.
+    Closed(Arc<Breaker>),
+    /// A probe: closes or reopens the breaker; dropped, it counts as a failure.
+    Probe(ProbeTicket),
+}
+
+impl Recorder {
+    fn record(self, failed: bool) {
+        match self {
+            Self::Closed(breaker) => breaker.record(failed),
+            Self::Probe(ticket) => ticket.finish(failed),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
+    pub struct ResponseFuture<F, C, B> {
+        #[pin]
+        state: State<F, C, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, C, B> {
+        Forward {
+            #[pin]
+            fut: F,
+            recorder: Option<Recorder>,
+            classifier: Arc<C>,
+        },
+        Answer { res: Option<Response<B>> },
+    }
+}
+
+impl<F, C, B> ResponseFuture<F, C, B> {
+    pub(super) fn forward(fut: F, recorder: Recorder, classifier: Arc<C>) -> Self {
+        Self {
+            state: State::Forward {
+                fut,
+                recorder: Some(recorder),
+                classifier,
+            },
+        }
+    }
+
+    pub(super) fn answer(res: Response<B>) -> Self {
+        Self {
+            state: State::Answer { res: Some(res) },
+        }
+    }
+}
+
+impl<F, C, B> fmt::Debug for ResponseFuture<F, C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: FailureClassifier,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Forward {
+                fut,
+                recorder,
+                classifier,
+            } => {
+                let result = ready!(fut.poll(cx));
+                let failed = match &result {
+                    Ok(res) => classifier.is_failure(&ResponseHead::from(res)),
+                    Err(_) => true,
+                };
+                if let Some(recorder) = recorder.take() {
+                    recorder.record(failed);
+                }
+                Poll::Ready(result)
+            }
+            StateProj::Answer { res } => {
+                Poll::Ready(Ok(res.take().expect("polled after completion")))
+            }
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! A circuit breaker: after `failure_threshold` consecutive upstream failures, the route is
+//! answered `503` at once for a `cooldown`, then probes find out whether it recovered.
+//!
+//! - **Closed**: requests pass. Each answer is classified by a
+//!   [`FailureClassifier`](crate::classify::FailureClassifier) (default
+//!   [`ServerErrors`](crate::classify::ServerErrors): 5xx, the gateway's own 502 and 504;
+//!   never a 4xx). A success resets the count of consecutive failures; reaching the
+//!   threshold opens the breaker. Deciding costs one atomic load.
+//! - **Open**: requests are answered `503` without touching the inner service, with
+//!   `Retry-After` set to what is left of the cooldown.
+//! - **Half-open**: after the cooldown, [`probes`](CircuitBreakerLayer::probes) requests
+//!   (default 1) go through while the rest still get `503`. A probe's success closes the
+//!   breaker; its failure opens it for another cooldown. A probe is a ticket released on
+//!   drop: a probe that is cancelled, or whose client hangs up, counts as a failure, so the
+//!   breaker can never wedge half-open waiting for an answer that will not come.
+//!
+//! Every change of state is a tracing event (`warn` when it opens, `info` otherwise) and
+//! calls the [`on_state_change`](CircuitBreakerLayer::on_state_change) hook.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::{num::NonZeroU32, time::Duration};
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_gateway::circuit_breaker::{BreakerState, CircuitBreakerLayer};
+//!
+//! let layer = CircuitBreakerLayer::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(30));
+//! let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(|_req: Request<()>| async {
+//!     let mut res = Response::new(Full::<Bytes>::from("down"));
+//!     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+//!     Ok::<_, std::convert::Infallible>(res)
+//! });
+//!
+//! for _ in 0..2 {
+//!     assert_eq!(svc.clone().oneshot(Request::new(())).await.unwrap().status(), 500);
+//! }
+//! assert_eq!(layer.state(), BreakerState::Open);
+//! let refused = svc.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(refused.status(), 503);
+//! assert_eq!(refused.headers()["retry-after"], "30");
+//! # }
+//! ```
+//!
+//! # Ordering
+//! After the rate limiter, before the bulkhead and retry: an open circuit answers before a
+//! bulkhead slot is taken, and the breaker sees the outcome of a request after all its retry
+//! attempts (one failure per client request, not one per attempt).
+//!
+//! # Rejections
+//! `503 Service Unavailable`, kind
+//! [`RejectionKind::CircuitOpen`](crate::RejectionKind::CircuitOpen), with `Retry-After`
+//! (whole seconds, at least 1) while the cooldown runs; without it while probes are out.
+
+mod future;
+mod layer;
+mod state;
+
+pub use future::ResponseFuture;
+pub use layer::{CircuitBreaker, CircuitBreakerLayer};
+pub use state::{BreakerState, Transition};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rejection::{Rejection, RejectionKind};
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use std::convert::Infallible;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    type Body = Full<Bytes>;
+
+    /// An upstream answering the status in `status`, counting its calls, and waiting for
+    /// `gate` when it is set.
+    #[derive(Clone, Default)]
+    struct Upstream {
+        status: Arc<AtomicU16>,
+        hits: Arc<AtomicUsize>,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    impl Upstream {
+        fn answering(status: u16) -> Self {
+            let up = Self::default();
+            up.status.store(status, Ordering::SeqCst);
+            up
+        }
+
+        fn service(
+            &self,
+        ) -> impl tower::Service<
+            Request<()>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + use<> {
+            let up = self.clone();
+            service_fn(move |_req: Request<()>| {
+                let up = up.clone();
+                async move {
+                    up.hits.fetch_add(1, Ordering::SeqCst);
+                    if let Some(gate) = &up.gate {
+                        gate.acquire().await.expect("never closed").forget();
+                    }
+                    let mut res = Response::new(Body::from("upstream"));
+                    *res.status_mut() =
+                        StatusCode::from_u16(up.status.load(Ordering::SeqCst)).unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        }
+    }
+
+    fn breaker(threshold: u32, cooldown_secs: u64) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new(
+            NonZeroU32::new(threshold).unwrap(),
+            Duration::from_secs(cooldown_secs),
+        )
+    }
+
+    async fn status<S>(svc: &S) -> u16
+    where
+        S: tower::Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone,
+    {
+        svc.clone()
+            .oneshot(Request::new(()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_refuses_without_the_upstream() {
+        let up = Upstream::answering(500);
+        let layer = breaker(3, 30);
+        let svc = layer.layer(up.service());
+        for _ in 0..2 {
+            assert_eq!(status(&svc).await, 500);
+        }
+        // A success in between resets the count.
+        up.status.store(200, Ordering::SeqCst);
+        assert_eq!(status(&svc).await, 200);
+        up.status.store(500, Ordering::SeqCst);
+        for _ in 0..2 {
+            assert_eq!(status(&svc).await, 500);
+        }
+        assert_eq!(layer.state(), BreakerState::Closed);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        let hits = up.hits.load(Ordering::SeqCst);
+
+        let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "30");
+        assert_eq!(
+            res.extensions().get::<Rejection>().unwrap().kind(),
+            RejectionKind::CircuitOpen
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.headers()["retry-after"], "10");
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            hits,
+            "open: the upstream is not contacted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_never_open_it() {
+        let up = Upstream::answering(404);
+        let layer = breaker(2, 30);
+        let svc = layer.layer(up.service());
+        for _ in 0..10 {
+            assert_eq!(status(&svc).await, 404);
+        }
+        assert_eq!(layer.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_cooldown_one_probe_closes_or_reopens_it() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let up = Upstream::answering(500);
+        let layer = breaker(1, 30).on_state_change(move |t| record.lock().unwrap().push(t));
+        let svc = layer.layer(up.service());
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+
+        // The probe fails: open again, for a whole new cooldown.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(status(&svc).await, 503);
+
+        // The next probe succeeds: closed.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        up.status.store(200, Ordering::SeqCst);
+        assert_eq!(status(&svc).await, 200);
+        assert_eq!(layer.state(), BreakerState::Closed);
+        assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+
+        use BreakerState::*;
+        let changes: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (t.from, t.to))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (Closed, Open),
+                (Open, HalfOpen),
+                (HalfOpen, Open),
+                (Open, HalfOpen),
+                (HalfOpen, Closed)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_exactly_one_of_fifty_through() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let up = Upstream {
+            gate: Some(Arc::clone(&gate)),
+            ..Upstream::answering(500)
+        };
+        let layer = breaker(1, 30);
+        let svc = layer.layer(up.service());
+        gate.add_permits(1);
+        assert_eq!(status(&svc).await, 500);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        up.status.store(200, Ordering::SeqCst);
+
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move { status(&svc).await }));
+        }
+        // Let every request reach its decision; the probe waits at the upstream.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            2,
+            "one probe besides the first failure"
+        );
+        gate.add_permits(1);
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap());
+        }
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1);
+        assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 49);
+        assert_eq!(layer.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_counts_as_a_failure_so_it_never_wedges() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let up = Upstream {
+            gate: Some(Arc::clone(&gate)),
+            ..Upstream::answering(500)
+        };
+        let layer = breaker(1, 30);
+        let svc = layer.layer(up.service());
+        gate.add_permits(1);
+        assert_eq!(status(&svc).await, 500);
+        tokio::time::advance(Duration::from_secs(30)).await;
+
+        // The probe's client hangs up while the upstream is still thinking.
+        let probe = tokio::spawn({
+            let svc = svc.clone();
+            async move { status(&svc).await }
+        });
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(layer.state(), BreakerState::HalfOpen);
+        probe.abort();
+        let _ = probe.await;
+        assert_eq!(
+            layer.state(),
+            BreakerState::Open,
+            "the lost probe reopened it"
+        );
+
+        // After another cooldown a new probe goes, and succeeds.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        up.status.store(200, Ordering::SeqCst);
+        gate.add_permits(10);
+        assert_eq!(status(&svc).await, 200);
+        assert_eq!(layer.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_share_one_breaker_and_classifiers_are_pluggable() {
+        let up = Upstream::answering(429);
+        let layer = breaker(2, 30).with_classifier(|res: &crate::classify::ResponseHead<'_>| {
+            res.status() == StatusCode::TOO_MANY_REQUESTS
+        });
+        let a = layer.layer(up.service());
+        let b = layer.clone().layer(up.service());
+        assert_eq!(status(&a).await, 429);
+        assert_eq!(status(&b).await, 429);
+        assert_eq!(
+            status(&a).await,
+            503,
+            "two failures across clones opened it"
+        );
+    }
+
+    #[tokio::test]
+    async fn works_alone_in_an_axum_router() {
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route("/", get(|| async { (StatusCode::BAD_GATEWAY, "down") }))
+            .layer(breaker(1, 60));
+        let req = || {
+            axum::http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        assert_eq!(app.clone().oneshot(req()).await.unwrap().status(), 502);
+        let res = app.oneshot(req()).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "60");
+    }
+}

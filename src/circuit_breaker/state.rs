@@ -1,0 +1,257 @@
+//! The breaker's shared state: closed, open or half-open, in atomics.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// Where a breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Requests pass; consecutive failures are counted.
+    Closed,
+    /// Requests are refused with `503` until the cooldown is over.
+    Open,
+    /// The cooldown is over: a few probe requests pass, the rest are refused; a probe's
+    /// success closes the breaker, its failure opens it again.
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn from_u8(state: u8) -> Self {
+        match state {
+            CLOSED => Self::Closed,
+            OPEN => Self::Open,
+            _ => Self::HalfOpen,
+        }
+    }
+}
+
+/// A change of a breaker's state, as [`on_state_change`](super::CircuitBreakerLayer::on_state_change)
+/// hooks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The state before.
+    pub from: BreakerState,
+    /// The state after.
+    pub to: BreakerState,
+}
+
+pub(super) type Hook = Arc<dyn Fn(Transition) + Send + Sync>;
+
+/// What the breaker says to one request.
+pub(super) enum Admission {
+    /// Closed: pass, and report the outcome.
+    Pass,
+    /// Half-open: pass as a probe; the ticket reports the outcome, or a failure if dropped.
+    Probe(ProbeTicket),
+    /// Refuse, with how long until a probe may go (zero when probes are already out).
+    Refuse(Duration),
+}
+
+pub(super) struct Breaker {
+    state: AtomicU8,
+    /// Consecutive failures while closed.
+    failures: AtomicU32,
+    /// Probes out while half-open.
+    probes: AtomicU32,
+    /// When it last opened, in nanoseconds since `epoch`.
+    opened_at: AtomicU64,
+    epoch: Instant,
+    threshold: u32,
+    cooldown: Duration,
+    max_probes: u32,
+    hook: Option<Hook>,
+}
+
+impl Breaker {
+    pub(super) fn new(
+        threshold: u32,
+        cooldown: Duration,
+        max_probes: u32,
+        hook: Option<Hook>,
+    ) -> Self {
+        Self {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            probes: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            threshold,
+            cooldown,
+            max_probes,
+            hook,
+        }
+    }
+
+    pub(super) fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
+    pub(super) fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    pub(super) fn max_probes(&self) -> u32 {
+        self.max_probes
+    }
+
+    pub(super) fn hook(&self) -> Option<Hook> {
+        self.hook.clone()
+    }
+
+    pub(super) fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Decides for one request. Closed: one atomic load.
+    #[inline]
+    pub(super) fn admit(self: &Arc<Self>) -> Admission {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            return Admission::Pass;
+        }
+        self.admit_slow()
+    }
+
+    #[cold]
+    fn admit_slow(self: &Arc<Self>) -> Admission {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                CLOSED => return Admission::Pass,
+                OPEN => {
+                    let open_for = self
+                        .now()
+                        .saturating_sub(self.opened_at.load(Ordering::Acquire));
+                    let cooldown = u64::try_from(self.cooldown.as_nanos()).unwrap_or(u64::MAX);
+                    if open_for < cooldown {
+                        return Admission::Refuse(Duration::from_nanos(cooldown - open_for));
+                    }
+                    // The cooldown is over: whoever moves it to half-open, everyone then
+                    // competes for the probe slots below.
+                    if self
+                        .state
+                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.notify(BreakerState::Open, BreakerState::HalfOpen);
+                    }
+                }
+                _ => {
+                    let taken = self
+                        .probes
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |out| {
+                            (out < self.max_probes).then_some(out + 1)
+                        })
+                        .is_ok();
+                    if !taken {
+                        return Admission::Refuse(Duration::ZERO);
+                    }
+                    // It may have closed or opened again since the state was read.
+                    if self.state.load(Ordering::Acquire) == HALF_OPEN {
+                        return Admission::Probe(ProbeTicket {
+                            breaker: Arc::clone(self),
+                            done: false,
+                        });
+                    }
+                    self.probes.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// The outcome of a request admitted while closed.
+    #[inline]
+    pub(super) fn record(&self, failed: bool) {
+        if !failed {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.threshold {
+            self.open_from(CLOSED);
+        }
+    }
+
+    fn open_from(&self, from: u8) {
+        // The time first, then the state: whoever sees it open sees when it opened.
+        self.opened_at.store(self.now(), Ordering::Release);
+        if self
+            .state
+            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify(BreakerState::from_u8(from), BreakerState::Open);
+        }
+    }
+
+    fn probe_done(&self, failed: bool) {
+        if failed {
+            self.open_from(HALF_OPEN);
+        } else if self
+            .state
+            .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.failures.store(0, Ordering::Release);
+            self.notify(BreakerState::HalfOpen, BreakerState::Closed);
+        }
+        self.probes.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn notify(&self, from: BreakerState, to: BreakerState) {
+        match to {
+            BreakerState::Open => tracing::warn!(?from, ?to, "circuit breaker opened"),
+            _ => tracing::info!(?from, ?to, "circuit breaker state changed"),
+        }
+        if let Some(hook) = &self.hook {
+            hook(Transition { from, to });
+        }
+    }
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("failures", &self.failures.load(Ordering::Relaxed))
+            .field("threshold", &self.threshold)
+            .field("cooldown", &self.cooldown)
+            .field("max_probes", &self.max_probes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A probe's slot. Its outcome closes or reopens the breaker; dropped without one (the
+/// probe was cancelled, or its client hung up), it counts as a failure, so the breaker can
+/// never stay half-open waiting for a probe that is gone.
+pub(super) struct ProbeTicket {
+    breaker: Arc<Breaker>,
+    done: bool,
+}
+
+impl ProbeTicket {
+    pub(super) fn finish(mut self, failed: bool) {
+        self.done = true;
+        self.breaker.probe_done(failed);
+    }
+}
+
+impl Drop for ProbeTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.probe_done(true);
+        }
+    }
+}
