@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_gateway::PeerAddr;
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::bulkhead::BulkheadLayer;
+use tower_gateway::circuit_breaker::CircuitBreakerLayer;
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::rate_limit::{PeerIp, Quota, RateLimitLayer};
@@ -238,6 +239,15 @@ fn layers(c: &mut Criterion) {
         "timeout",
         &template,
         TimeoutLayer::new(Duration::from_secs(30)).layer(bare()),
+    );
+    // The circuit breaker, closed (its allow path): one atomic load in `call`, the outcome
+    // recorded when the answer comes.
+    overhead(
+        &mut group,
+        "circuit_breaker_closed",
+        &template,
+        CircuitBreakerLayer::new(NonZeroU32::new(5).unwrap(), Duration::from_secs(30))
+            .layer(bare()),
     );
     let both = ServiceBuilder::new()
         .layer(CorrelationIdLayer::new())

@@ -8,14 +8,14 @@
 //!             ├─ your route layers (Route::layer), outermost first
 //!             ApiKeyAuth      when auth is on: 401 / 403 before any limit is spent
 //!             RateLimit       per client (identity, else address): 429 + Retry-After
+//!             CircuitBreaker  per route: 503 while open, without touching anything below
 //!             Bulkhead        per route, all clients: 429 at once; held until the body ends
 //!             Timeout         per attempt, until the response head: 504
 //!             ProxyService    streams to an upstream and back: 502 when unreachable
 //! ```
 //!
-//! The circuit breaker and retry of the coming release slot in around the bulkhead (breaker
-//! outside, retry inside), so that an open circuit answers before the bulkhead and each
-//! retry attempt gets a fresh timeout.
+//! Retry, in the coming release, slots in between the bulkhead and the timeout, so that each
+//! retry attempt gets a fresh timeout and a retried request holds one bulkhead slot.
 //!
 //! # Example
 //! ```no_run
@@ -43,7 +43,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -60,6 +60,7 @@ use tower::{Layer, Service};
 use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{
@@ -80,7 +81,10 @@ pub type GatewayResponse = Response<GatewayResponseBody>;
 pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B>>;
 
 /// The policies inside auth: the rate limit when the route has one, then the rest.
-pub type Policies<B> = Either<RateLimit<Admitted<B>>, Admitted<B>>;
+pub type Policies<B> = Either<RateLimit<Guarded<B>>, Guarded<B>>;
+
+/// The circuit breaker when the route has one, then the rest.
+pub type Guarded<B> = Either<CircuitBreaker<Admitted<B>>, Admitted<B>>;
 
 /// What runs once a request is admitted: the bulkhead (without a limit when the route has
 /// none), the per-attempt timeout and the proxy.
@@ -108,6 +112,7 @@ pub struct Route<B = Incoming> {
     timeout: Duration,
     anonymous: Vec<String>,
     rate_limit: Option<Quota>,
+    circuit_breaker: Option<(NonZeroU32, Duration)>,
     bulkhead: Option<NonZeroUsize>,
     layers: Vec<WrapFn<B>>,
 }
@@ -120,6 +125,7 @@ impl<B> fmt::Debug for Route<B> {
             .field("timeout", &self.timeout)
             .field("anonymous", &self.anonymous)
             .field("rate_limit", &self.rate_limit)
+            .field("circuit_breaker", &self.circuit_breaker)
             .field("bulkhead", &self.bulkhead)
             .field("layers", &self.layers.len())
             .finish()
@@ -140,6 +146,7 @@ impl<B> Route<B> {
             timeout: DEFAULT_TIMEOUT,
             anonymous: Vec::new(),
             rate_limit: None,
+            circuit_breaker: None,
             bulkhead: None,
             layers: Vec::new(),
         }
@@ -151,6 +158,15 @@ impl<B> Route<B> {
     /// `429` with `Retry-After`. Every response of the route carries the `RateLimit` headers.
     pub fn rate_limit(mut self, quota: Quota) -> Self {
         self.rate_limit = Some(quota);
+        self
+    }
+
+    /// Opens this route's circuit after `failure_threshold` consecutive upstream failures
+    /// (5xx, timeouts, unreachable upstreams; never 4xx): `503` without contacting the
+    /// upstream for `cooldown`, then one probe decides (see
+    /// [`CircuitBreakerLayer`]).
+    pub fn circuit_breaker(mut self, failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some((failure_threshold, cooldown));
         self
     }
 
@@ -222,6 +238,9 @@ pub enum BuildError {
     /// A route's timeout is zero.
     #[error("route {0:?}: the timeout must be greater than zero")]
     ZeroTimeout(String),
+    /// A route's circuit-breaker cooldown is zero.
+    #[error("route {0:?}: the circuit breaker's cooldown must be greater than zero")]
+    ZeroCooldown(String),
     /// An anonymous sub-path does not start with `/`, or ends with one.
     #[error(
         "route {prefix:?}: anonymous sub-path {path:?} must start with '/' and not end with it"
@@ -320,13 +339,22 @@ where
                 None => BulkheadLayer::unlimited(),
             };
             let admitted = bulkhead.layer(TimeoutLayer::new(route.timeout).layer(proxy));
+            let guarded = match route.circuit_breaker {
+                Some((threshold, cooldown)) => {
+                    if cooldown.is_zero() {
+                        return Err(BuildError::ZeroCooldown(prefix));
+                    }
+                    Either::Left(CircuitBreakerLayer::new(threshold, cooldown).layer(admitted))
+                }
+                None => Either::Right(admitted),
+            };
             let policies = match route.rate_limit {
                 Some(quota) => Either::Left(
                     RateLimitLayer::new(quota)
                         .with_key(ClientKey::new().trusted_proxies(self.trusted.clone()))
-                        .layer(admitted),
+                        .layer(guarded),
                 ),
-                None => Either::Right(admitted),
+                None => Either::Right(guarded),
             };
             let stack = match &self.auth {
                 None => Either::Right(policies),

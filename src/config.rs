@@ -37,16 +37,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The sections of the policies still to come (`[admin]`, `[rate_limit_store]`,
-//! `[routes.circuit_breaker]` and `[routes.retry]`) are parsed and checked, then refused
-//! with [`ConfigError::Unsupported`], so that a config never silently runs without a policy
-//! it asks for.
+//! The sections of the policies still to come (`[admin]`, `[rate_limit_store]` and
+//! `[routes.retry]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
+//! so that a config never silently runs without a policy it asks for.
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -315,7 +314,7 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// `[routes.bulkhead]`: requests of this route in flight, all clients together.
     pub bulkhead: Option<BulkheadConfig>,
-    /// `[routes.circuit_breaker]`. Not supported yet.
+    /// `[routes.circuit_breaker]`: consecutive failures that open this route's circuit.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// `[routes.retry]`. Not supported yet.
     pub retry: Option<RetryConfig>,
@@ -420,10 +419,7 @@ impl Config {
             return Err(ConfigError::unsupported(key));
         }
         for (i, route) in self.routes.iter().enumerate() {
-            let sections = [
-                ("circuit_breaker", route.circuit_breaker.is_some()),
-                ("retry", route.retry.is_some()),
-            ];
+            let sections = [("retry", route.retry.is_some())];
             if let Some(key) = first_set(&sections) {
                 return Err(ConfigError::unsupported(format!("routes[{i}].{key}")));
             }
@@ -453,6 +449,12 @@ impl Config {
             );
             if let Some(limit) = &route.rate_limit {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
+            }
+            if let Some(breaker) = &route.circuit_breaker {
+                let threshold = NonZeroU32::new(breaker.failure_threshold).ok_or_else(|| {
+                    ConfigError::zero(format!("routes[{i}].circuit_breaker.failure_threshold"))
+                })?;
+                target = target.circuit_breaker(threshold, breaker.cooldown);
             }
             if let Some(bulkhead) = &route.bulkhead {
                 let max = NonZeroUsize::new(bulkhead.max_concurrent).ok_or_else(|| {
@@ -829,13 +831,12 @@ base_delay = "100ms"
             match key.as_str() {
                 "admin" => config.admin = None,
                 "rate_limit_store" => config.rate_limit_store = None,
-                "routes[0].circuit_breaker" => route.circuit_breaker = None,
                 "routes[0].retry" => route.retry = None,
                 other => panic!("unexpected {other}"),
             }
             refused.push(key);
         }
-        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert_eq!(refused.len(), 3, "{refused:?}");
         assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
         assert_eq!(
             Config::from_toml_str(FULL).unwrap_err().to_string(),

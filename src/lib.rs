@@ -26,8 +26,8 @@
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
 //!
-//! Retry is on its way, and the circuit breaker is not in the builder and the config yet;
-//! both slot into each route's stack in the order [`builder`] documents.
+//! Retry is on its way; it slots into each route's stack in the order [`builder`]
+//! documents.
 //!
 //! The bundled example gateway runs all of it from a TOML file:
 //! `cargo run --example gateway` (see `examples/gateway/main.rs`).

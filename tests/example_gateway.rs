@@ -285,8 +285,8 @@ fn bad_configs_exit_with_one_line_naming_the_key() {
         ),
         (
             "unsupported",
-            format!("{route}[routes.circuit_breaker]\nfailure_threshold = 5\ncooldown = \"1s\"\n"),
-            "routes[0].circuit_breaker: not supported yet",
+            format!("{route}[routes.retry]\nmax_retries = 2\nbase_delay = \"100ms\"\n"),
+            "routes[0].retry: not supported yet",
         ),
     ];
     for (name, text, expected) in cases {
