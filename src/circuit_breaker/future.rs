@@ -14,9 +14,9 @@ use crate::classify::{FailureClassifier, ResponseHead};
 
 /// Where a request's outcome goes.
 pub(super) enum Recorder {
-    /// Admitted while closed: to the failure count. A request that is dropped before its
-    /// answer reports nothing.
-    Closed(Arc<Breaker>),
+    /// Admitted while closed, in the closed period the word names: to the failure count. A
+    /// request that is dropped before its answer reports nothing.
+    Closed(Arc<Breaker>, u64),
     /// A probe: closes or reopens the breaker; dropped, it counts as a failure.
     Probe(ProbeTicket),
 }
@@ -24,7 +24,7 @@ pub(super) enum Recorder {
 impl Recorder {
     fn record(self, failed: bool) {
         match self {
-            Self::Closed(breaker) => breaker.record(failed),
+            Self::Closed(breaker, admitted) => breaker.record(admitted, failed),
             Self::Probe(ticket) => ticket.finish(failed),
         }
     }

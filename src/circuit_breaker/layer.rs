@@ -184,7 +184,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let recorder = match self.breaker.admit() {
-            Admission::Pass => Recorder::Closed(Arc::clone(&self.breaker)),
+            Admission::Pass(word) => Recorder::Closed(Arc::clone(&self.breaker), word),
             Admission::Probe(ticket) => Recorder::Probe(ticket),
             Admission::Refuse(wait) => {
                 let mut rejection = Rejection::new(RejectionKind::CircuitOpen)

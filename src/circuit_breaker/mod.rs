@@ -178,6 +178,71 @@ mod tests {
         );
     }
 
+    /// An upstream answering `status`, after the delay the request asks for in `x-delay-s`.
+    fn delaying(
+        status: Arc<AtomicU16>,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send {
+        service_fn(move |req: Request<()>| {
+            let status = Arc::clone(&status);
+            async move {
+                let delay = req
+                    .headers()
+                    .get("x-delay-s")
+                    .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                let mut res = Response::new(Body::from("upstream"));
+                *res.status_mut() = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        })
+    }
+
+    fn slow(secs: u64) -> Request<()> {
+        Request::get("/")
+            .header("x-delay-s", secs.to_string())
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_from_before_it_opened_change_nothing_after() {
+        let code = Arc::new(AtomicU16::new(500));
+        let layer = breaker(1, 30);
+        let svc = layer.layer(delaying(Arc::clone(&code)));
+        // Two slow requests, admitted while closed: one fails at 20 s, one at 40 s.
+        let late_20 = tokio::spawn(svc.clone().oneshot(slow(20)));
+        let late_40 = tokio::spawn(svc.clone().oneshot(slow(40)));
+        tokio::task::yield_now().await;
+        // A fast failure opens it at t = 0.
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        // The first late failure (t = 20 s) does not restart the cooldown.
+        assert_eq!(late_20.await.unwrap().unwrap().status(), 500);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        code.store(200, Ordering::SeqCst);
+        assert_eq!(
+            status(&svc).await,
+            200,
+            "the probe goes 30 s after it opened"
+        );
+        assert_eq!(layer.state(), BreakerState::Closed);
+        // The second (t = 40 s, answered 200 now, so make it fail) does not reopen the
+        // breaker that closed after it was admitted.
+        code.store(500, Ordering::SeqCst);
+        assert_eq!(late_40.await.unwrap().unwrap().status(), 500);
+        assert_eq!(
+            layer.state(),
+            BreakerState::Closed,
+            "a failure from before stays there"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn client_errors_never_open_it() {
         let up = Upstream::answering(404);

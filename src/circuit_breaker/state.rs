@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,6 +10,11 @@ use tokio::time::Instant;
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
+const STATE_BITS: u64 = 0b11;
+
+fn state_of(word: u64) -> u8 {
+    (word & STATE_BITS) as u8
+}
 
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,8 +52,9 @@ pub(super) type Hook = Arc<dyn Fn(Transition) + Send + Sync>;
 
 /// What the breaker says to one request.
 pub(super) enum Admission {
-    /// Closed: pass, and report the outcome.
-    Pass,
+    /// Closed: pass, and report the outcome with this word (the closed period it belongs
+    /// to).
+    Pass(u64),
     /// Half-open: pass as a probe; the ticket reports the outcome, or a failure if dropped.
     Probe(ProbeTicket),
     /// Refuse, with how long until a probe may go (zero when probes are already out).
@@ -56,13 +62,13 @@ pub(super) enum Admission {
 }
 
 pub(super) struct Breaker {
-    state: AtomicU8,
+    /// The state in the low two bits, and when it last opened (nanoseconds since `epoch`)
+    /// above them: one word, so that a transition and its time change together.
+    word: AtomicU64,
     /// Consecutive failures while closed.
     failures: AtomicU32,
     /// Probes out while half-open.
     probes: AtomicU32,
-    /// When it last opened, in nanoseconds since `epoch`.
-    opened_at: AtomicU64,
     epoch: Instant,
     threshold: u32,
     cooldown: Duration,
@@ -78,10 +84,9 @@ impl Breaker {
         hook: Option<Hook>,
     ) -> Self {
         Self {
-            state: AtomicU8::new(CLOSED),
+            word: AtomicU64::new(u64::from(CLOSED)),
             failures: AtomicU32::new(0),
             probes: AtomicU32::new(0),
-            opened_at: AtomicU64::new(0),
             epoch: Instant::now(),
             threshold,
             cooldown,
@@ -107,18 +112,22 @@ impl Breaker {
     }
 
     pub(super) fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+        BreakerState::from_u8(state_of(self.word.load(Ordering::Acquire)))
     }
 
+    /// Nanoseconds since `epoch`, in the 62 bits the word has for them (146 years).
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(u64::MAX >> 2)
     }
 
     /// Decides for one request. Closed: one atomic load.
     #[inline]
     pub(super) fn admit(self: &Arc<Self>) -> Admission {
-        if self.state.load(Ordering::Acquire) == CLOSED {
-            return Admission::Pass;
+        let word = self.word.load(Ordering::Acquire);
+        if state_of(word) == CLOSED {
+            return Admission::Pass(word);
         }
         self.admit_slow()
     }
@@ -126,21 +135,21 @@ impl Breaker {
     #[cold]
     fn admit_slow(self: &Arc<Self>) -> Admission {
         loop {
-            match self.state.load(Ordering::Acquire) {
-                CLOSED => return Admission::Pass,
+            let word = self.word.load(Ordering::Acquire);
+            match state_of(word) {
+                CLOSED => return Admission::Pass(word),
                 OPEN => {
-                    let open_for = self
-                        .now()
-                        .saturating_sub(self.opened_at.load(Ordering::Acquire));
+                    let open_for = self.now().saturating_sub(word >> 2);
                     let cooldown = u64::try_from(self.cooldown.as_nanos()).unwrap_or(u64::MAX);
                     if open_for < cooldown {
                         return Admission::Refuse(Duration::from_nanos(cooldown - open_for));
                     }
                     // The cooldown is over: whoever moves it to half-open, everyone then
                     // competes for the probe slots below.
+                    let half_open = (word & !STATE_BITS) | u64::from(HALF_OPEN);
                     if self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                        .word
+                        .compare_exchange(word, half_open, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
                         self.notify(BreakerState::Open, BreakerState::HalfOpen);
@@ -157,9 +166,10 @@ impl Breaker {
                         return Admission::Refuse(Duration::ZERO);
                     }
                     // It may have closed or opened again since the state was read.
-                    if self.state.load(Ordering::Acquire) == HALF_OPEN {
+                    if self.word.load(Ordering::Acquire) == word {
                         return Admission::Probe(ProbeTicket {
                             breaker: Arc::clone(self),
+                            issued: word,
                             done: false,
                         });
                     }
@@ -169,9 +179,14 @@ impl Breaker {
         }
     }
 
-    /// The outcome of a request admitted while closed.
+    /// The outcome of a request admitted while closed, in the closed period `admitted`. An
+    /// outcome that arrives after that period ended (the breaker opened, and maybe closed
+    /// again since) changes nothing: it says nothing about the upstream as it is now.
     #[inline]
-    pub(super) fn record(&self, failed: bool) {
+    pub(super) fn record(&self, admitted: u64, failed: bool) {
+        if self.word.load(Ordering::Acquire) != admitted {
+            return;
+        }
         if !failed {
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
@@ -180,32 +195,41 @@ impl Breaker {
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.threshold {
-            self.open_from(CLOSED);
+            self.open(admitted);
         }
     }
 
-    fn open_from(&self, from: u8) {
-        // The time first, then the state: whoever sees it open sees when it opened.
-        self.opened_at.store(self.now(), Ordering::Release);
+    /// Opens it, now, if its word is still `from`.
+    fn open(&self, from: u64) {
+        let open = (self.now() << 2) | u64::from(OPEN);
         if self
-            .state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .word
+            .compare_exchange(from, open, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.notify(BreakerState::from_u8(from), BreakerState::Open);
+            self.notify(BreakerState::from_u8(state_of(from)), BreakerState::Open);
         }
     }
 
-    fn probe_done(&self, failed: bool) {
-        if failed {
-            self.open_from(HALF_OPEN);
-        } else if self
-            .state
-            .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.failures.store(0, Ordering::Release);
-            self.notify(BreakerState::HalfOpen, BreakerState::Closed);
+    /// A probe issued in the half-open period `issued` has its outcome. A probe from an
+    /// earlier period (still out when the breaker reopened and its cooldown passed) only
+    /// gives its slot back.
+    fn probe_done(&self, issued: u64, failed: bool) {
+        if self.word.load(Ordering::Acquire) == issued {
+            if failed {
+                self.open(issued);
+            } else {
+                // The count starts afresh before anyone is admitted into the new period.
+                self.failures.store(0, Ordering::Release);
+                let closed = (self.now() << 2) | u64::from(CLOSED);
+                if self
+                    .word
+                    .compare_exchange(issued, closed, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.notify(BreakerState::HalfOpen, BreakerState::Closed);
+                }
+            }
         }
         self.probes.fetch_sub(1, Ordering::AcqRel);
     }
@@ -238,20 +262,22 @@ impl fmt::Debug for Breaker {
 /// never stay half-open waiting for a probe that is gone.
 pub(super) struct ProbeTicket {
     breaker: Arc<Breaker>,
+    /// The half-open period it was issued in.
+    issued: u64,
     done: bool,
 }
 
 impl ProbeTicket {
     pub(super) fn finish(mut self, failed: bool) {
         self.done = true;
-        self.breaker.probe_done(failed);
+        self.breaker.probe_done(self.issued, failed);
     }
 }
 
 impl Drop for ProbeTicket {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.probe_done(true);
+            self.breaker.probe_done(self.issued, true);
         }
     }
 }
