@@ -86,13 +86,8 @@ fn behind_proxies(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -
     if !trusted.contains(client) {
         return client;
     }
-    let values: Vec<&[u8]> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    for value in values.iter().rev() {
-        for entry in value.rsplit(|&b| b == b',') {
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
             let Some(ip) = parse_entry(entry) else {
                 return client;
             };

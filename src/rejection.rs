@@ -267,9 +267,10 @@ impl Rejection {
 
     /// Sets `Retry-After` to `wait` in whole seconds, rounded up and at least 1.
     pub fn with_retry_after(mut self, wait: Duration) -> Self {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        self.headers
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        self.headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(wait).max(1)),
+        );
         self
     }
 
@@ -573,6 +574,15 @@ where
         }
         Poll::Ready(Ok(rendered))
     }
+}
+
+/// `d` in whole seconds, rounded up: the unit of `Retry-After` and of the rate-limit headers.
+#[cfg_attr(
+    not(feature = "rate-limit"),
+    allow(dead_code, reason = "shared with rate_limit")
+)]
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use super::Quota;
 use super::future::{ResponseFuture, State};
 use super::key::{Client, ClientKey, KeyExtractor, RequestHead};
 use super::store::{Check, Decision, LocalStore, RateLimitStore};
-use super::{Quota, ceil_secs};
-use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
+use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, ceil_secs};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

@@ -133,9 +133,10 @@ where
     table: Table<K>,
     clock: C,
     quota: Quota,
-    period: Duration,
+    /// One request's worth of time, `window / requests`, in nanoseconds.
     period_nanos: u64,
-    burst: u32,
+    /// The whole quota's worth of time, `period * requests`, in nanoseconds.
+    whole_nanos: u64,
     /// Nanoseconds since `start` of the last sweep.
     last_sweep: AtomicU64,
     min_sweep_gap: u64,
@@ -188,9 +189,8 @@ where
             table,
             clock,
             quota,
-            period,
             period_nanos: u64::from(Nanos::from(period)),
-            burst: quota.requests().get(),
+            whole_nanos: u64::from(Nanos::from(period)) * u64::from(quota.requests().get()),
             last_sweep: AtomicU64::new(0),
             min_sweep_gap: u64::from(Nanos::from((quota.window() / 8).min(MAX_SWEEP_GAP))),
             start,
@@ -322,8 +322,7 @@ where
                 // thread: the quota is whole again when the clock reaches it.
                 let tat = LAST_TAT.with(StdCell::get);
                 let ahead = tat.saturating_sub(self.elapsed());
-                let whole = self.period_nanos * u64::from(self.burst);
-                let remaining = whole.saturating_sub(ahead) / self.period_nanos;
+                let remaining = self.whole_nanos.saturating_sub(ahead) / self.period_nanos;
                 Decision::Allow {
                     remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
                     reset: Duration::from_nanos(ahead),
@@ -337,7 +336,7 @@ where
                 let wait = not_until.wait_time_from(self.clock.now());
                 Decision::Deny {
                     retry_after: wait,
-                    reset: wait + self.period * (self.burst - 1),
+                    reset: wait + Duration::from_nanos(self.whole_nanos - self.period_nanos),
                 }
             }
         };
