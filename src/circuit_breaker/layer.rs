@@ -43,10 +43,11 @@ impl<C, R> CircuitBreakerLayer<C, R> {
     /// Lets `probes` requests through at once after the cooldown (default 1). Starts a new
     /// breaker (closed), so set it before the layer is used.
     pub fn probes(self, probes: NonZeroU32) -> Self {
-        let old = &self.breaker;
-        let breaker = Breaker::new(old.threshold(), old.cooldown(), probes.get(), old.hook());
         Self {
-            breaker: Arc::new(breaker),
+            breaker: Arc::new(
+                self.breaker
+                    .renewed(probes.get(), self.breaker.hook.clone()),
+            ),
             ..self
         }
     }
@@ -57,16 +58,9 @@ impl<C, R> CircuitBreakerLayer<C, R> {
     where
         F: Fn(Transition) + Send + Sync + 'static,
     {
-        let old = &self.breaker;
         let hook: Hook = Arc::new(hook);
-        let breaker = Breaker::new(
-            old.threshold(),
-            old.cooldown(),
-            old.max_probes(),
-            Some(hook),
-        );
         Self {
-            breaker: Arc::new(breaker),
+            breaker: Arc::new(self.breaker.renewed(self.breaker.max_probes, Some(hook))),
             ..self
         }
     }

@@ -122,6 +122,31 @@ mod tests {
         }
     }
 
+    /// A breaker (threshold 1, cooldown 30 s) in front of an upstream that answers 500 and
+    /// holds each request until `gate` lets it go: opened by one failure, its cooldown just
+    /// over.
+    async fn opened_then_cooled_down() -> (
+        Arc<tokio::sync::Semaphore>,
+        Upstream,
+        CircuitBreakerLayer,
+        impl tower::Service<Request<()>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send,
+    ) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let up = Upstream {
+            gate: Some(Arc::clone(&gate)),
+            ..Upstream::answering(500)
+        };
+        let layer = breaker(1, 30);
+        let svc = layer.layer(up.service());
+        gate.add_permits(1);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        (gate, up, layer, svc)
+    }
+
     fn breaker(threshold: u32, cooldown_secs: u64) -> CircuitBreakerLayer {
         CircuitBreakerLayer::new(
             NonZeroU32::new(threshold).unwrap(),
@@ -299,16 +324,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn half_open_lets_exactly_one_of_fifty_through() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let up = Upstream {
-            gate: Some(Arc::clone(&gate)),
-            ..Upstream::answering(500)
-        };
-        let layer = breaker(1, 30);
-        let svc = layer.layer(up.service());
-        gate.add_permits(1);
-        assert_eq!(status(&svc).await, 500);
-        tokio::time::advance(Duration::from_secs(30)).await;
+        let (gate, up, layer, svc) = opened_then_cooled_down().await;
         up.status.store(200, Ordering::SeqCst);
 
         let mut tasks = Vec::new();
@@ -337,16 +353,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_counts_as_a_failure_so_it_never_wedges() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let up = Upstream {
-            gate: Some(Arc::clone(&gate)),
-            ..Upstream::answering(500)
-        };
-        let layer = breaker(1, 30);
-        let svc = layer.layer(up.service());
-        gate.add_permits(1);
-        assert_eq!(status(&svc).await, 500);
-        tokio::time::advance(Duration::from_secs(30)).await;
+        let (gate, up, layer, svc) = opened_then_cooled_down().await;
 
         // The probe's client hangs up while the upstream is still thinking.
         let probe = tokio::spawn({

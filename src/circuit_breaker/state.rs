@@ -72,8 +72,8 @@ pub(super) struct Breaker {
     epoch: Instant,
     threshold: u32,
     cooldown: Duration,
-    max_probes: u32,
-    hook: Option<Hook>,
+    pub(super) max_probes: u32,
+    pub(super) hook: Option<Hook>,
 }
 
 impl Breaker {
@@ -95,20 +95,9 @@ impl Breaker {
         }
     }
 
-    pub(super) fn threshold(&self) -> u32 {
-        self.threshold
-    }
-
-    pub(super) fn cooldown(&self) -> Duration {
-        self.cooldown
-    }
-
-    pub(super) fn max_probes(&self) -> u32 {
-        self.max_probes
-    }
-
-    pub(super) fn hook(&self) -> Option<Hook> {
-        self.hook.clone()
+    /// A new breaker, closed, with this one's threshold and cooldown.
+    pub(super) fn renewed(&self, max_probes: u32, hook: Option<Hook>) -> Self {
+        Self::new(self.threshold, self.cooldown, max_probes, hook)
     }
 
     pub(super) fn state(&self) -> BreakerState {
