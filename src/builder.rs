@@ -10,12 +10,14 @@
 //!             RateLimit       per client (identity, else address): 429 + Retry-After
 //!             CircuitBreaker  per route: 503 while open, without touching anything below
 //!             Bulkhead        per route, all clients: 429 at once; held until the body ends
+//!             Retry           safe methods again after a 5xx, 502 or 504; one bulkhead slot
 //!             Timeout         per attempt, until the response head: 504
 //!             ProxyService    streams to an upstream and back: 502 when unreachable
 //! ```
 //!
-//! Retry, in the coming release, slots in between the bulkhead and the timeout, so that each
-//! retry attempt gets a fresh timeout and a retried request holds one bulkhead slot.
+//! The breaker sits outside retry, so it counts one outcome per client request (after its
+//! retries); retry sits outside the timeout, so each attempt gets a fresh timeout. A route's
+//! [classifier](Route::classifier) tells both what a failure is.
 //!
 //! # Example
 //! ```no_run
@@ -61,12 +63,14 @@ use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{
     ProxyClient, ProxyService, TrustedProxies, Upstream, UpstreamError, default_client,
 };
 use crate::rate_limit::{ClientKey, Quota, RateLimit, RateLimitLayer};
+use crate::retry::{Retry, RetryBody, RetryLayer};
 use crate::route::{RouteError, Router};
 use crate::timeout::{RequestBody, Timeout, TimeoutLayer};
 
@@ -84,15 +88,20 @@ pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B
 pub type Policies<B> = Either<RateLimit<Guarded<B>>, Guarded<B>>;
 
 /// The circuit breaker when the route has one, then the rest.
-pub type Guarded<B> = Either<CircuitBreaker<Admitted<B>>, Admitted<B>>;
+pub type Guarded<B> = Either<CircuitBreaker<Admitted<B>, SharedClassifier>, Admitted<B>>;
 
 /// What runs once a request is admitted: the bulkhead (without a limit when the route has
-/// none), the per-attempt timeout and the proxy.
-pub type Admitted<B> = Bulkhead<Timeout<ProxyService<RequestBody<B>>>>;
+/// none), retry (passing everything straight through when the route has none), the
+/// per-attempt timeout and the proxy.
+pub type Admitted<B> = Bulkhead<Retry<Timeout<ProxyService<Forwarded<B>>>, SharedClassifier>>;
 
-/// The client a gateway forwards with: its request bodies are the client's bodies behind the
-/// timeout's [`RequestBody`].
-pub type GatewayClient<B> = ProxyClient<RequestBody<B>>;
+/// The request body the proxy sends: the client's, replayable by retry, behind the timeout's
+/// progress tracking.
+pub type Forwarded<B> = RequestBody<RetryBody<B>>;
+
+/// The client a gateway forwards with: its request bodies are the client's bodies behind
+/// retry's [`RetryBody`] and the timeout's [`RequestBody`].
+pub type GatewayClient<B> = ProxyClient<Forwarded<B>>;
 
 /// A route's stack with the user's layers around it, type-erased.
 pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
@@ -114,6 +123,8 @@ pub struct Route<B = Incoming> {
     rate_limit: Option<Quota>,
     circuit_breaker: Option<(NonZeroU32, Duration)>,
     bulkhead: Option<NonZeroUsize>,
+    retry: Option<RetryLayer>,
+    classifier: SharedClassifier,
     layers: Vec<WrapFn<B>>,
 }
 
@@ -127,6 +138,7 @@ impl<B> fmt::Debug for Route<B> {
             .field("rate_limit", &self.rate_limit)
             .field("circuit_breaker", &self.circuit_breaker)
             .field("bulkhead", &self.bulkhead)
+            .field("retry", &self.retry)
             .field("layers", &self.layers.len())
             .finish()
     }
@@ -148,6 +160,8 @@ impl<B> Route<B> {
             rate_limit: None,
             circuit_breaker: None,
             bulkhead: None,
+            retry: None,
+            classifier: SharedClassifier::default(),
             layers: Vec::new(),
         }
     }
@@ -174,6 +188,22 @@ impl<B> Route<B> {
     /// each counted until its response body ends; the excess gets `429` at once.
     pub fn bulkhead(mut self, max_concurrent: NonZeroUsize) -> Self {
         self.bulkhead = Some(max_concurrent);
+        self
+    }
+
+    /// Retries this route's failed `GET`, `HEAD` and `OPTIONS` requests as `retry` says
+    /// (`RetryLayer::new(2).base_delay(..)`; see [`RetryLayer`]), each attempt under the
+    /// route's timeout. Failures are what the route's [classifier](Self::classifier) says.
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// What counts as an upstream failure on this route, for its circuit breaker and its
+    /// retries (default [`ServerErrors`](crate::classify::ServerErrors): every 5xx, never a
+    /// 4xx).
+    pub fn classifier(mut self, classifier: impl FailureClassifier) -> Self {
+        self.classifier = SharedClassifier::new(classifier);
         self
     }
 
@@ -338,13 +368,22 @@ where
                 Some(max) => BulkheadLayer::new(max),
                 None => BulkheadLayer::unlimited(),
             };
-            let admitted = bulkhead.layer(TimeoutLayer::new(route.timeout).layer(proxy));
+            let retry = route
+                .retry
+                .unwrap_or_else(|| RetryLayer::new(0))
+                .with_classifier(route.classifier.clone());
+            let admitted =
+                bulkhead.layer(retry.layer(TimeoutLayer::new(route.timeout).layer(proxy)));
             let guarded = match route.circuit_breaker {
                 Some((threshold, cooldown)) => {
                     if cooldown.is_zero() {
                         return Err(BuildError::ZeroCooldown(prefix));
                     }
-                    Either::Left(CircuitBreakerLayer::new(threshold, cooldown).layer(admitted))
+                    Either::Left(
+                        CircuitBreakerLayer::new(threshold, cooldown)
+                            .with_classifier(route.classifier.clone())
+                            .layer(admitted),
+                    )
                 }
                 None => Either::Right(admitted),
             };

@@ -22,6 +22,9 @@
 //! An error from the inner service (rather than an answer) is always a failure; the
 //! gateway's own stack has none, since it answers every failure with a response.
 
+use std::fmt;
+use std::sync::Arc;
+
 use http::{Extensions, HeaderMap, Response, StatusCode};
 
 /// A borrowed view of a response's head (everything but the body): three references.
@@ -89,6 +92,38 @@ impl FailureClassifier for ServerErrors {
     }
 }
 
+/// Any classifier behind an `Arc`, so that one type serves every route (the
+/// [builder](crate::builder)'s `Route::classifier`). Cloning is a reference-count bump; the
+/// default is [`ServerErrors`].
+#[derive(Clone)]
+pub struct SharedClassifier(Arc<dyn FailureClassifier>);
+
+impl SharedClassifier {
+    /// Shares `classifier`.
+    pub fn new(classifier: impl FailureClassifier) -> Self {
+        Self(Arc::new(classifier))
+    }
+}
+
+impl Default for SharedClassifier {
+    fn default() -> Self {
+        Self::new(ServerErrors)
+    }
+}
+
+impl fmt::Debug for SharedClassifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedClassifier(..)")
+    }
+}
+
+impl FailureClassifier for SharedClassifier {
+    #[inline]
+    fn is_failure(&self, res: &ResponseHead<'_>) -> bool {
+        self.0.is_failure(res)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +173,10 @@ mod tests {
         assert!(!degraded.is_failure(&ResponseHead::from(&res)));
         res.headers_mut().insert("x-degraded", "1".parse().unwrap());
         assert!(degraded.is_failure(&ResponseHead::from(&res)));
+
+        let shared = SharedClassifier::new(degraded);
+        assert!(shared.clone().is_failure(&ResponseHead::from(&res)));
+        assert!(SharedClassifier::default().is_failure(&ResponseHead::from(&status(502))));
+        assert!(!SharedClassifier::default().is_failure(&ResponseHead::from(&res)));
     }
 }

@@ -37,8 +37,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The sections of the policies still to come (`[admin]`, `[rate_limit_store]` and
-//! `[routes.retry]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
+//! The sections of the features still to come (`[admin]` and `[rate_limit_store]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
 //! so that a config never silently runs without a policy it asks for.
 
 use std::collections::HashSet;
@@ -60,6 +59,7 @@ use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
 use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
 use crate::rate_limit::{Quota, QuotaError};
+use crate::retry::RetryLayer;
 use crate::route::{RouteError, validate_prefix};
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
@@ -316,7 +316,7 @@ pub struct RouteConfig {
     pub bulkhead: Option<BulkheadConfig>,
     /// `[routes.circuit_breaker]`: consecutive failures that open this route's circuit.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
-    /// `[routes.retry]`. Not supported yet.
+    /// `[routes.retry]`: retries of this route's failed `GET`, `HEAD` and `OPTIONS` requests.
     pub retry: Option<RetryConfig>,
 }
 
@@ -358,11 +358,55 @@ pub struct CircuitBreakerConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryConfig {
-    /// Extra attempts after the first.
+    /// Extra attempts after the first (1 to 10).
     pub max_retries: u32,
-    /// The first backoff, doubled on each retry, with jitter.
-    #[serde(deserialize_with = "duration")]
+    /// The ceiling of the first wait, doubled on each retry; each wait is a random time up
+    /// to its ceiling. Default 25ms.
+    #[serde(default = "default_base_delay", deserialize_with = "duration")]
     pub base_delay: Duration,
+    /// The cap on any wait. Default ten times `base_delay`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_delay: Option<Duration>,
+}
+
+/// The most retries a route may ask for.
+const MAX_RETRIES: u32 = 10;
+
+fn default_base_delay() -> Duration {
+    crate::retry::DEFAULT_BASE_DELAY
+}
+
+impl RetryConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_retries > MAX_RETRIES {
+            return Err(ConfigError::invalid(
+                format!("{key}.retry.max_retries"),
+                format_args!("{} is more than {MAX_RETRIES}", self.max_retries),
+            ));
+        }
+        if let Some(max) = self.max_delay {
+            if max < self.base_delay {
+                return Err(ConfigError::invalid(
+                    format!("{key}.retry.max_delay"),
+                    format_args!(
+                        "{} is less than base_delay ({})",
+                        humantime::format_duration(max),
+                        humantime::format_duration(self.base_delay)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The layer this section asks for.
+    fn layer(&self) -> RetryLayer {
+        let layer = RetryLayer::new(self.max_retries).base_delay(self.base_delay);
+        match self.max_delay {
+            Some(max) => layer.max_delay(max),
+            None => layer,
+        }
+    }
 }
 
 impl Config {
@@ -418,12 +462,6 @@ impl Config {
         if let Some(key) = first_set(&sections) {
             return Err(ConfigError::unsupported(key));
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            let sections = [("retry", route.retry.is_some())];
-            if let Some(key) = first_set(&sections) {
-                return Err(ConfigError::unsupported(format!("routes[{i}].{key}")));
-            }
-        }
         Ok(())
     }
 
@@ -461,6 +499,9 @@ impl Config {
                     ConfigError::zero(format!("routes[{i}].bulkhead.max_concurrent"))
                 })?;
                 target = target.bulkhead(max);
+            }
+            if let Some(retry) = &route.retry {
+                target = target.retry(retry.layer());
             }
             builder = builder.route(route.prefix.clone(), target);
         }
@@ -642,12 +683,19 @@ impl RouteConfig {
                     .as_ref()
                     .is_some_and(|c| c.cooldown.is_zero()),
             ),
+            (
+                "retry.max_retries",
+                self.retry.as_ref().is_some_and(|r| r.max_retries == 0),
+            ),
         ];
         if let Some(field) = first_set(&zero) {
             return Err(ConfigError::zero(format!("{key}.{field}")));
         }
         if let Some(limit) = &self.rate_limit {
             limit.quota(key)?;
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate(key)?;
         }
         Ok(())
     }
@@ -721,6 +769,13 @@ fn cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Er
 /// A duration in humantime form: `"250ms"`, `"5s"`, `"1m 30s"`.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     parse_str(deserializer, "duration", humantime::parse_duration)
+}
+
+/// An optional [`duration`] (absent when the key is).
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
 }
 
 #[cfg(test)]
@@ -827,16 +882,14 @@ base_delay = "100ms"
             let ConfigError::Unsupported { key } = error else {
                 panic!("{error}");
             };
-            let route = &mut config.routes[0];
             match key.as_str() {
                 "admin" => config.admin = None,
                 "rate_limit_store" => config.rate_limit_store = None,
-                "routes[0].retry" => route.retry = None,
                 other => panic!("unexpected {other}"),
             }
             refused.push(key);
         }
-        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert_eq!(refused.len(), 2, "{refused:?}");
         assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
         assert_eq!(
             Config::from_toml_str(FULL).unwrap_err().to_string(),
@@ -1013,8 +1066,20 @@ base_delay = "100ms"
             ),
             ("[admin]\nlisten = \"127.0.0.1:9090\"\n".into(), "admin: not supported yet"),
             (
-                route("[routes.retry]\nmax_retries = 2\nbase_delay = \"100ms\""),
-                "routes[0].retry: not supported yet",
+                route("[routes.retry]\nmax_retries = 0"),
+                "routes[0].retry.max_retries: must be greater than zero",
+            ),
+            (
+                route("[routes.retry]\nmax_retries = 11"),
+                "routes[0].retry.max_retries: 11 is more than 10",
+            ),
+            (
+                route("[routes.retry]\nmax_retries = 2\nbase_delay = \"1s\"\nmax_delay = \"100ms\""),
+                "routes[0].retry.max_delay: 100ms is less than base_delay (1s)",
+            ),
+            (
+                route("[routes.retry]\nmax_retries = 2\nattempts = 3"),
+                "routes[0].retry.attempts: unknown field `attempts`",
             ),
         ];
         for (text, expected) in cases {

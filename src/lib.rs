@@ -14,6 +14,7 @@
 //! | [`rate_limit`] | [`RateLimitLayer`](rate_limit::RateLimitLayer): per-client GCRA on governor, `429` + `Retry-After`, IETF `RateLimit` headers, bounded key memory, pluggable stores |
 //! | [`bulkhead`] | [`BulkheadLayer`](bulkhead::BulkheadLayer): at most N in flight until each response body ends, `429` at once, no queue |
 //! | [`circuit_breaker`] | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): opens after consecutive failures, `503` + `Retry-After`, one probe after the cooldown, never wedged by a lost probe |
+//! | [`retry`] | [`RetryLayer`](retry::RetryLayer): safe methods retried on 5xx, timeouts and unreachable upstreams, jittered backoff, `Retry-After`, a lock-free retry budget, small bodies replayed |
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
 //! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
@@ -22,12 +23,9 @@
 //! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
-//! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (for the coming breaker and retry) |
+//! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (shared by the circuit breaker and retry) |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
-//!
-//! Retry is on its way; it slots into each route's stack in the order [`builder`]
-//! documents.
 //!
 //! The bundled example gateway runs all of it from a TOML file:
 //! `cargo run --example gateway` (see `examples/gateway/main.rs`).
@@ -61,7 +59,7 @@
 //!
 //! # Features
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
-//! `rate-limit`, `bulkhead`, `circuit-breaker`, `proxy` for the
+//! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`, `proxy` for the
 //! proxy, router, builder and server, `config`), all on by default through `full`. The
 //! [`rejection`], [`body`], [`classify`] and [`extensions`] modules are always present.
 //!
@@ -127,6 +125,10 @@ pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
 pub mod circuit_breaker;
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry;
 
 pub use extensions::{CorrelationId, Identity, PeerAddr};
 pub use rejection::{Rejection, RejectionKind};

@@ -284,9 +284,14 @@ fn bad_configs_exit_with_one_line_naming_the_key() {
             "routes[0].rate_limit.requests: must be greater than zero",
         ),
         (
+            "zero-retries",
+            format!("{route}[routes.retry]\nmax_retries = 0\n"),
+            "routes[0].retry.max_retries: must be greater than zero",
+        ),
+        (
             "unsupported",
-            format!("{route}[routes.retry]\nmax_retries = 2\nbase_delay = \"100ms\"\n"),
-            "routes[0].retry: not supported yet",
+            "[admin]\nlisten = \"127.0.0.1:9090\"\n".to_owned(),
+            "admin: not supported yet",
         ),
     ];
     for (name, text, expected) in cases {

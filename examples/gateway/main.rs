@@ -85,6 +85,14 @@ anonymous = ["/health"]
 [routes.rate_limit]
 requests = 100
 window = "1m"
+
+[routes.circuit_breaker]
+failure_threshold = 5
+cooldown = "10s"
+
+[routes.retry]
+max_retries = 2
+base_delay = "50ms"
 "#;
 
 /// The demo upstreams of [`DEFAULT_CONFIG`].

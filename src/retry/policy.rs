@@ -1,0 +1,350 @@
+//! [`RetryPolicy`]: when to retry, and how long to wait first.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::error::Error as StdError;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{RETRY_AFTER, UPGRADE};
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body;
+use tokio::time::Sleep;
+
+use super::budget::RetryBudget;
+use super::replay_body::RetryBody;
+use crate::classify::{FailureClassifier, ResponseHead};
+
+/// Which methods are retried, as bits.
+pub(super) const GET: u8 = 1;
+pub(super) const HEAD: u8 = 1 << 1;
+pub(super) const OPTIONS: u8 = 1 << 2;
+pub(super) const PUT: u8 = 1 << 3;
+pub(super) const DELETE: u8 = 1 << 4;
+
+/// What a [`RetryLayer`](super::RetryLayer) was configured with; shared by every request.
+pub(super) struct Settings<C> {
+    pub(super) max_retries: u32,
+    pub(super) base_delay: Duration,
+    pub(super) max_delay: Duration,
+    pub(super) retry_after_cap: Option<Duration>,
+    pub(super) methods: u8,
+    pub(super) replay_limit: usize,
+    pub(super) budget: Arc<RetryBudget>,
+    pub(super) classifier: Arc<C>,
+}
+
+impl<C> Clone for Settings<C> {
+    fn clone(&self) -> Self {
+        Self {
+            budget: Arc::clone(&self.budget),
+            classifier: Arc::clone(&self.classifier),
+            ..*self
+        }
+    }
+}
+
+impl<C> fmt::Debug for Settings<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("max_retries", &self.max_retries)
+            .field("base_delay", &self.base_delay)
+            .field("max_delay", &self.max_delay)
+            .field("retry_after_cap", &self.retry_after_cap())
+            .field("methods", &self.method_names())
+            .field("replay_limit", &self.replay_limit)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> Settings<C> {
+    /// Whether a request may be retried at all: a retried method, no upgrade.
+    #[inline]
+    pub(super) fn retries<B>(&self, req: &Request<B>) -> bool {
+        let bit = match *req.method() {
+            Method::GET => GET,
+            Method::HEAD => HEAD,
+            Method::OPTIONS => OPTIONS,
+            Method::PUT => PUT,
+            Method::DELETE => DELETE,
+            _ => return false,
+        };
+        self.methods & bit != 0 && self.max_retries > 0 && !req.headers().contains_key(UPGRADE)
+    }
+
+    /// The longest upstream `Retry-After` that is waited for: the larger of `max_delay` and
+    /// 1 s unless set.
+    pub(super) fn retry_after_cap(&self) -> Duration {
+        self.retry_after_cap
+            .unwrap_or(self.max_delay.max(Duration::from_secs(1)))
+    }
+
+    pub(super) fn method_names(&self) -> Vec<&'static str> {
+        [
+            (GET, "GET"),
+            (HEAD, "HEAD"),
+            (OPTIONS, "OPTIONS"),
+            (PUT, "PUT"),
+            (DELETE, "DELETE"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.methods & bit != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
+
+    /// The wait before retry number `attempt` (from 1): a random time up to
+    /// `base_delay × 2^(attempt - 1)`, capped at `max_delay` ("full jitter").
+    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(31))
+            .min(self.max_delay);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(random() % nanos.saturating_add(1))
+    }
+}
+
+/// A fast random number, for jitter only (xorshift64*, one state per thread, seeded from
+/// the standard library's random hasher keys).
+fn random() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// The wait an upstream asked for in `Retry-After`: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The [`tower::retry::Policy`] behind [`RetryLayer`](super::RetryLayer): one per request
+/// (cloned from the layer's, which counts nothing), counting that request's retries.
+///
+/// It retries an attempt that failed by the layer's
+/// [`FailureClassifier`](crate::classify::FailureClassifier) (or with an error of the inner
+/// service) while retries are left, the body can be sent again and the
+/// [`RetryBudget`] allows it, after the upstream's `Retry-After` when it gave one within the
+/// cap (an attempt told to wait longer is not retried), else after a jittered exponential
+/// backoff.
+pub struct RetryPolicy<C> {
+    settings: Arc<Settings<C>>,
+    attempts: u32,
+}
+
+impl<C> RetryPolicy<C> {
+    pub(super) fn new(settings: Arc<Settings<C>>) -> Self {
+        Self {
+            settings,
+            attempts: 0,
+        }
+    }
+
+    /// The retries this request has made so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl<C> Clone for RetryPolicy<C> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: Arc::clone(&self.settings),
+            attempts: self.attempts,
+        }
+    }
+}
+
+impl<C> fmt::Debug for RetryPolicy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("attempts", &self.attempts)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<C, B, ResB, E> tower::retry::Policy<Request<RetryBody<B>>, Response<ResB>, E>
+    for RetryPolicy<C>
+where
+    C: FailureClassifier,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Future = Pin<Box<Sleep>>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<RetryBody<B>>,
+        result: &mut Result<Response<ResB>, E>,
+    ) -> Option<Self::Future> {
+        let settings = &*self.settings;
+        let (status, asked) = match result {
+            Ok(res) => {
+                if !settings.classifier.is_failure(&ResponseHead::from(&*res)) {
+                    return None;
+                }
+                (Some(res.status().as_u16()), retry_after(res.headers()))
+            }
+            Err(_) => (None, None),
+        };
+        if self.attempts >= settings.max_retries {
+            return None;
+        }
+        if let Some(wait) = asked {
+            if wait > settings.retry_after_cap() {
+                tracing::debug!(
+                    status,
+                    retry_after = ?wait,
+                    "not retrying: the upstream asked for a longer wait than the cap"
+                );
+                return None;
+            }
+        }
+        if !req.body().can_replay() {
+            tracing::debug!(
+                status,
+                "not retrying: the request body cannot be sent again"
+            );
+            return None;
+        }
+        if !settings.budget.withdraw() {
+            tracing::debug!(status, "not retrying: the retry budget is spent");
+            return None;
+        }
+        self.attempts += 1;
+        let wait = asked.unwrap_or_else(|| settings.backoff(self.attempts));
+        tracing::debug!(
+            retry.attempt = self.attempts,
+            status,
+            wait = ?wait,
+            path = req.uri().path(),
+            "retrying"
+        );
+        Some(Box::pin(tokio::time::sleep(wait)))
+    }
+
+    fn clone_request(&mut self, req: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
+        if self.attempts >= self.settings.max_retries {
+            return None;
+        }
+        let body = req.body().try_clone()?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        Some(clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::ServerErrors;
+
+    fn settings(base: u64, max: u64) -> Settings<ServerErrors> {
+        Settings {
+            max_retries: 3,
+            base_delay: Duration::from_millis(base),
+            max_delay: Duration::from_millis(max),
+            retry_after_cap: None,
+            methods: GET | HEAD | OPTIONS,
+            replay_limit: 64 * 1024,
+            budget: Arc::new(RetryBudget::default()),
+            classifier: Arc::new(ServerErrors),
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_a_doubling_ceiling_and_capped() {
+        let settings = settings(100, 350);
+        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 350), (4, 350), (40, 350)] {
+            let waits: Vec<_> = (0..2000).map(|_| settings.backoff(attempt)).collect();
+            let max = waits.iter().max().unwrap();
+            let min = waits.iter().min().unwrap();
+            assert!(
+                *max <= Duration::from_millis(ceiling),
+                "attempt {attempt}: {max:?}"
+            );
+            // Full jitter: the waits spread over the whole range.
+            assert!(
+                *max > Duration::from_millis(ceiling * 9 / 10),
+                "attempt {attempt}"
+            );
+            assert!(
+                *min < Duration::from_millis(ceiling / 10),
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_base_delay_retries_at_once() {
+        assert_eq!(settings(0, 0).backoff(3), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        headers.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date passed");
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn only_the_configured_methods_are_retried_and_never_upgrades() {
+        let settings = settings(1, 1);
+        let req = |method: Method| Request::builder().method(method).body(()).unwrap();
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(settings.retries(&req(method)));
+        }
+        for method in [
+            Method::POST,
+            Method::PATCH,
+            Method::PUT,
+            Method::DELETE,
+            Method::CONNECT,
+        ] {
+            assert!(!settings.retries(&req(method)));
+        }
+        let upgrade = Request::builder()
+            .header(UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(!settings.retries(&upgrade));
+    }
+}
