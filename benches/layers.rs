@@ -33,6 +33,7 @@ use tower_gateway::circuit_breaker::CircuitBreakerLayer;
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::rate_limit::{PeerIp, Quota, RateLimitLayer};
+use tower_gateway::retry::RetryLayer;
 use tower_gateway::route::Router;
 use tower_gateway::timeout::TimeoutLayer;
 use tower_governor::GovernorLayer;
@@ -248,6 +249,22 @@ fn layers(c: &mut Criterion) {
         &template,
         CircuitBreakerLayer::new(NonZeroU32::new(5).unwrap(), Duration::from_secs(30))
             .layer(bare()),
+    );
+    // Retry on a GET that succeeds at once: the budget's deposit, the request copy kept for
+    // a retry (eight headers, the peer-address extension) and tower's retry future.
+    overhead(
+        &mut group,
+        "retry_get",
+        &template,
+        RetryLayer::new(2).layer(bare()),
+    );
+    // Retry with `max_retries = 0`, what every gateway route without retries runs: the
+    // body wrapper only.
+    overhead(
+        &mut group,
+        "retry_off",
+        &template,
+        RetryLayer::new(0).layer(bare()),
     );
     let both = ServiceBuilder::new()
         .layer(CorrelationIdLayer::new())

@@ -364,3 +364,54 @@ async fn a_route_without_retry_tries_once() {
     assert_eq!(get(gw, "/api/thing").await.status, 500);
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_retried_request_holds_one_bulkhead_slot_through_its_wait() {
+    // The first attempt gets a 503 asking for a 1 s wait; the retry then succeeds. While the
+    // first request waits, its bulkhead slot stays taken: the bulkhead sits outside retry.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let first_failed = Arc::new(tokio::sync::Notify::new());
+    let (counter, notify) = (hits.clone(), first_failed.clone());
+    let up = serve_hyper(tower::service_fn(move |_req: Request<Incoming>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let notify = notify.clone();
+        async move {
+            let mut res = Response::new(Full::new(Bytes::from(format!("attempt {n}"))));
+            if n == 0 {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res.headers_mut()
+                    .insert("retry-after", "1".parse().unwrap());
+                notify.notify_one();
+            }
+            Ok::<_, Infallible>(res)
+        }
+    }))
+    .await;
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([format!("http://{up}")])
+                .bulkhead(std::num::NonZeroUsize::new(1).unwrap())
+                .retry(retries(1)),
+        ),
+    )
+    .await;
+
+    let first = tokio::spawn(async move { get(gw, "/api/slow").await });
+    first_failed.notified().await;
+    let second = get(gw, "/api/other").await;
+    assert_eq!(
+        second.status, 429,
+        "the slot is held through the retry's wait"
+    );
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.status, first.body),
+        (StatusCode::OK, Bytes::from("attempt 1"))
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the 429 never reached the upstream"
+    );
+}
