@@ -13,7 +13,7 @@
 //! | [`api_key`] | [`ApiKeyAuthLayer`](api_key::ApiKeyAuthLayer): keys kept as SHA-256 digests, an [`Identity`] per key, anonymous paths, scopes, `401`/`403` |
 //! | [`rate_limit`] | [`RateLimitLayer`](rate_limit::RateLimitLayer): per-client GCRA on governor, `429` + `Retry-After`, IETF `RateLimit` headers, bounded key memory, pluggable stores |
 //! | [`bulkhead`] | [`BulkheadLayer`](bulkhead::BulkheadLayer): at most N in flight until each response body ends, `429` at once, no queue |
-//! | [`circuit_breaker`] | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): opens after consecutive failures, `503` + `Retry-After`, one probe after the cooldown, never wedged by a lost probe |
+//! | [`circuit_breaker`] | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): opens after consecutive failures or at a failure rate over a sliding window, `503` + `Retry-After`, one probe after the cooldown, never wedged by a lost probe |
 //! | [`retry`] | [`RetryLayer`](retry::RetryLayer): safe methods retried on 5xx, timeouts and unreachable upstreams, jittered backoff, `Retry-After`, a lock-free retry budget, small bodies replayed |
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |

@@ -10,12 +10,14 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::future::{Recorder, ResponseFuture};
-use super::state::{Admission, Breaker, BreakerState, Hook, Transition};
+use super::state::{Admission, Breaker, BreakerState, Hook, Policy, Transition};
+use super::window::FailureRate;
 use crate::classify::{FailureClassifier, ServerErrors};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 
-/// Opens after `failure_threshold` consecutive failures, refuses with `503` for `cooldown`,
-/// then lets probes through; see the [module docs](super).
+/// Opens after `failure_threshold` consecutive failures ([`new`](Self::new)) or at a
+/// failure rate over a sliding window ([`failure_rate`](Self::failure_rate)), refuses with
+/// `503` for `cooldown`, then lets probes through; see the [module docs](super).
 ///
 /// The breaker's state lives in the layer: every service it makes, and every clone of
 /// those, shares one breaker. Build one layer per route (or per upstream) you want guarded
@@ -31,8 +33,20 @@ impl CircuitBreakerLayer {
     /// Opens after `failure_threshold` consecutive failures (5xx, timeouts, unreachable
     /// upstreams) and stays open for `cooldown`; then one probe at a time goes through.
     pub fn new(failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
+        Self::from_policy(Policy::Consecutive(failure_threshold.get()), cooldown)
+    }
+
+    /// Opens when the failure rate over a sliding window reaches `policy`'s rate (once the
+    /// window holds its minimum of calls), and stays open for `cooldown`; then one probe at
+    /// a time goes through. See [`FailureRate`] and the
+    /// [module docs](super#which-policy) for when to pick it.
+    pub fn failure_rate(policy: FailureRate, cooldown: Duration) -> Self {
+        Self::from_policy(Policy::Rate(policy), cooldown)
+    }
+
+    fn from_policy(policy: Policy, cooldown: Duration) -> Self {
         Self {
-            breaker: Arc::new(Breaker::new(failure_threshold.get(), cooldown, 1, None)),
+            breaker: Arc::new(Breaker::new(policy, cooldown, 1, None)),
             classifier: Arc::new(ServerErrors),
             render: ProblemJson,
         }

@@ -1,11 +1,12 @@
-//! A circuit breaker: after `failure_threshold` consecutive upstream failures, the route is
-//! answered `503` at once for a `cooldown`, then probes find out whether it recovered.
+//! A circuit breaker: after `failure_threshold` consecutive upstream failures (or at a
+//! failure rate over a sliding window), the route is answered `503` at once for a
+//! `cooldown`, then probes find out whether it recovered.
 //!
 //! - **Closed**: requests pass. Each answer is classified by a
 //!   [`FailureClassifier`](crate::classify::FailureClassifier) (default
 //!   [`ServerErrors`](crate::classify::ServerErrors): 5xx, the gateway's own 502 and 504;
-//!   never a 4xx). A success resets the count of consecutive failures; reaching the
-//!   threshold opens the breaker. Deciding costs one atomic load.
+//!   never a 4xx), and counted by the trip policy (below), which opens the breaker. Deciding
+//!   whether a request passes costs one atomic load.
 //! - **Open**: requests are answered `503` without touching the inner service, with
 //!   `Retry-After` set to what is left of the cooldown.
 //! - **Half-open**: after the cooldown, [`probes`](CircuitBreakerLayer::probes) requests
@@ -16,6 +17,28 @@
 //!
 //! Every change of state is a tracing event (`warn` when it opens, `info` otherwise) and
 //! calls the [`on_state_change`](CircuitBreakerLayer::on_state_change) hook.
+//!
+//! An outcome counts only in the closed stretch its request was admitted in: a late answer
+//! to a request admitted before the breaker opened neither extends the cooldown nor reopens
+//! a breaker that has closed since. Each time the breaker closes, it counts afresh.
+//!
+//! # Which policy
+//! - **Consecutive failures**, [`CircuitBreakerLayer::new`] (the default): opens after
+//!   `failure_threshold` failures in a row; any success starts the count again. It costs an
+//!   atomic counter per answer and reacts within a few requests to an upstream that is
+//!   down outright. Pick it for a route with little traffic, or one whose upstream fails
+//!   all at once (crashed, unreachable). An upstream failing one request in three, the
+//!   failures spread among successes, seldom opens it.
+//! - **Failure rate**, [`CircuitBreakerLayer::failure_rate`] with a [`FailureRate`]: opens
+//!   when at least `rate` of the calls answered in the last `window` failed, once that
+//!   window holds at least `min_calls` calls (Resilience4j's time-based sliding window).
+//!   Every answer is a call, a 4xx a successful one. Pick it for a busy route whose
+//!   upstream degrades partly (one replica of three down, overload): it opens at "40% of
+//!   the last 30 s failed" however the failures interleave with successes, and `min_calls`
+//!   keeps two unlucky requests on a quiet route from opening it. The window is ten buckets
+//!   of `window / 10`, each one atomic word: recording an answer is one compare-and-swap
+//!   (and once per bucket a look at the other nine), and only a failure sums the buckets
+//!   to compare the rate, so a success never opens the breaker. No lock.
 //!
 //! # Example
 //! ```
@@ -58,10 +81,12 @@
 mod future;
 mod layer;
 mod state;
+mod window;
 
 pub use future::ResponseFuture;
 pub use layer::{CircuitBreaker, CircuitBreakerLayer};
 pub use state::{BreakerState, Transition};
+pub use window::{FailureRate, FailureRateError};
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +294,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn with_no_cooldown_a_stale_probe_still_cannot_close_it() {
+        let code = Arc::new(AtomicU16::new(500));
+        let layer = breaker(1, 0).probes(NonZeroU32::new(2).unwrap());
+        let svc = layer.layer(delaying(Arc::clone(&code)));
+        // Opened at t = 0, and half-open at once: one slow probe goes out.
+        assert_eq!(status(&svc).await, 500);
+        let stale = tokio::spawn(svc.clone().oneshot(slow(10)));
+        tokio::task::yield_now().await;
+        // The other probe fails, still at t = 0: open again, then half-open again with a
+        // new probe, all within one reading of the clock.
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        let current = tokio::spawn(svc.clone().oneshot(slow(20)));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.state(), BreakerState::HalfOpen);
+        code.store(200, Ordering::SeqCst);
+        assert_eq!(stale.await.unwrap().unwrap().status(), 200);
+        assert_eq!(
+            layer.state(),
+            BreakerState::HalfOpen,
+            "the probe from the first half-open period only gave its slot back"
+        );
+        assert_eq!(current.await.unwrap().unwrap().status(), 200);
+        assert_eq!(layer.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn client_errors_never_open_it() {
         let up = Upstream::answering(404);
         let layer = breaker(2, 30);
@@ -394,6 +446,148 @@ mod tests {
             status(&a).await,
             503,
             "two failures across clones opened it"
+        );
+    }
+
+    fn rate_breaker(rate: f64, window_secs: u64, min_calls: u32) -> CircuitBreakerLayer {
+        let policy = FailureRate::new(
+            rate,
+            Duration::from_secs(window_secs),
+            NonZeroU32::new(min_calls).unwrap(),
+        )
+        .unwrap();
+        CircuitBreakerLayer::failure_rate(policy, Duration::from_secs(5))
+    }
+
+    /// Answers each status in turn, checking the breaker's state after each.
+    async fn answer<S>(
+        up: &Upstream,
+        svc: &S,
+        layer: &CircuitBreakerLayer,
+        steps: &[(u16, BreakerState)],
+    ) where
+        S: tower::Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone,
+    {
+        for (i, &(code, state)) in steps.iter().enumerate() {
+            up.status.store(code, Ordering::SeqCst);
+            assert_eq!(status(svc).await, code, "step {i}");
+            assert_eq!(layer.state(), state, "after step {i} ({code})");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_never_opens_below_min_calls() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.5, 10, 5);
+        let svc = layer.layer(up.service());
+        let four = [(500, Closed); 4];
+        answer(&up, &svc, &layer, &four).await;
+        answer(&up, &svc, &layer, &[(500, Open)]).await;
+        assert_eq!(status(&svc).await, 503);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_opens_at_the_rate_however_failures_interleave() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.5, 10, 4);
+        let svc = layer.layer(up.service());
+        #[rustfmt::skip]
+        answer(&up, &svc, &layer, &[
+            (200, Closed), (200, Closed), (200, Closed),
+            (500, Closed), // 1 of 4
+            (500, Closed), // 2 of 5
+            (200, Closed),
+            (500, Closed), // 3 of 7
+            (500, Open),   // 4 of 8: the rate
+        ]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_forgets_failures_that_left_the_window() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.6, 10, 4);
+        let svc = layer.layer(up.service());
+        // A burst of failures, under min_calls.
+        answer(&up, &svc, &layer, &[(500, Closed); 3]).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // 2 of 4: were the burst still counted, 5 of 7 would have opened it.
+        #[rustfmt::skip]
+        answer(&up, &svc, &layer, &[
+            (200, Closed), (200, Closed), (500, Closed), (500, Closed),
+            (500, Open), // 3 of 5
+        ]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_keeps_failures_until_they_leave_the_window() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.6, 10, 4);
+        let svc = layer.layer(up.service());
+        answer(&up, &svc, &layer, &[(500, Closed); 3]).await;
+        // Nine tenths of the window later, the burst still counts: 4 of 5.
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        answer(&up, &svc, &layer, &[(200, Closed), (500, Open)]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_counts_client_errors_as_answered_calls() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.5, 10, 2);
+        let svc = layer.layer(up.service());
+        answer(&up, &svc, &layer, &[(404, Closed); 10]).await;
+        // 4xx are calls that did not fail: ten failures more to reach half.
+        answer(&up, &svc, &layer, &[(500, Closed); 9]).await;
+        answer(&up, &svc, &layer, &[(500, Open)]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_counts_afresh_after_a_probe_closes_it() {
+        use BreakerState::*;
+        let up = Upstream::default();
+        let layer = rate_breaker(0.5, 60, 2);
+        let svc = layer.layer(up.service());
+        answer(&up, &svc, &layer, &[(500, Closed), (500, Open)]).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        answer(&up, &svc, &layer, &[(200, Closed)]).await;
+        // The two failures are still inside the 60 s window, yet no longer count: 1 call.
+        answer(
+            &up,
+            &svc,
+            &layer,
+            &[(500, Closed), (200, Closed), (500, Open)],
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_ignores_outcomes_from_before_it_opened() {
+        let code = Arc::new(AtomicU16::new(500));
+        let layer = rate_breaker(0.6, 60, 2);
+        let svc = layer.layer(delaying(Arc::clone(&code)));
+        let late = tokio::spawn(svc.clone().oneshot(slow(10)));
+        tokio::task::yield_now().await;
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        code.store(200, Ordering::SeqCst);
+        assert_eq!(status(&svc).await, 200, "the probe");
+        assert_eq!(status(&svc).await, 200);
+        assert_eq!(layer.state(), BreakerState::Closed);
+        // Admitted before it opened, it fails after it closed: were it counted, the next
+        // failure would make 2 of 3 calls.
+        code.store(500, Ordering::SeqCst);
+        assert_eq!(late.await.unwrap().unwrap().status(), 500);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(
+            layer.state(),
+            BreakerState::Closed,
+            "1 of 2: the late failure stayed in its own period"
         );
     }
 

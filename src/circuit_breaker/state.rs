@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::window::{FailureRate, Window};
+
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
@@ -19,7 +21,7 @@ fn state_of(word: u64) -> u8 {
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BreakerState {
-    /// Requests pass; consecutive failures are counted.
+    /// Requests pass; failures are counted (consecutively, or as a rate over a window).
     Closed,
     /// Requests are refused with `503` until the cooldown is over.
     Open,
@@ -50,6 +52,43 @@ pub struct Transition {
 
 pub(super) type Hook = Arc<dyn Fn(Transition) + Send + Sync>;
 
+/// When a closed breaker opens: the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Policy {
+    /// After this many consecutive failures.
+    Consecutive(u32),
+    /// At a failure rate over a sliding window.
+    Rate(FailureRate),
+}
+
+/// The failures a closed breaker has counted, as its policy counts them.
+enum Count {
+    /// Consecutive failures.
+    Consecutive { threshold: u32, failures: AtomicU32 },
+    /// Calls and failures over the window.
+    Rate(Window),
+}
+
+impl Count {
+    fn new(policy: Policy) -> Self {
+        match policy {
+            Policy::Consecutive(threshold) => Self::Consecutive {
+                threshold,
+                failures: AtomicU32::new(0),
+            },
+            Policy::Rate(rate) => Self::Rate(Window::new(&rate)),
+        }
+    }
+
+    /// Starts afresh: the breaker is about to close.
+    fn reset(&self) {
+        match self {
+            Self::Consecutive { failures, .. } => failures.store(0, Ordering::Release),
+            Self::Rate(window) => window.clear(),
+        }
+    }
+}
+
 /// What the breaker says to one request.
 pub(super) enum Admission {
     /// Closed: pass, and report the outcome with this word (the closed period it belongs
@@ -65,12 +104,12 @@ pub(super) struct Breaker {
     /// The state in the low two bits, and when it last opened (nanoseconds since `epoch`)
     /// above them: one word, so that a transition and its time change together.
     word: AtomicU64,
-    /// Consecutive failures while closed.
-    failures: AtomicU32,
+    /// The failures counted while closed.
+    count: Count,
     /// Probes out while half-open.
     probes: AtomicU32,
     epoch: Instant,
-    threshold: u32,
+    policy: Policy,
     cooldown: Duration,
     pub(super) max_probes: u32,
     pub(super) hook: Option<Hook>,
@@ -78,26 +117,26 @@ pub(super) struct Breaker {
 
 impl Breaker {
     pub(super) fn new(
-        threshold: u32,
+        policy: Policy,
         cooldown: Duration,
         max_probes: u32,
         hook: Option<Hook>,
     ) -> Self {
         Self {
             word: AtomicU64::new(u64::from(CLOSED)),
-            failures: AtomicU32::new(0),
+            count: Count::new(policy),
             probes: AtomicU32::new(0),
             epoch: Instant::now(),
-            threshold,
+            policy,
             cooldown,
             max_probes,
             hook,
         }
     }
 
-    /// A new breaker, closed, with this one's threshold and cooldown.
+    /// A new breaker, closed, with this one's policy and cooldown.
     pub(super) fn renewed(&self, max_probes: u32, hook: Option<Hook>) -> Self {
-        Self::new(self.threshold, self.cooldown, max_probes, hook)
+        Self::new(self.policy, self.cooldown, max_probes, hook)
     }
 
     pub(super) fn state(&self) -> BreakerState {
@@ -109,6 +148,22 @@ impl Breaker {
         u64::try_from(self.epoch.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .min(u64::MAX >> 2)
+    }
+
+    /// The time of a change of state out of `from`: now, except that out of half-open it
+    /// is always later than the opening time `from` carries. So no word ever comes back:
+    /// every closed period starts after the last opening, and every opening comes after
+    /// the last closing or opening. Only a zero cooldown needs this (the breaker can then
+    /// open, go half-open and open again within one reading of the clock: the second
+    /// half-open period had the first one's word, and a stale probe from the first closed
+    /// the breaker); with any other, the cooldown has passed since the opening.
+    fn stamp(&self, from: u64) -> u64 {
+        let now = self.now();
+        if state_of(from) == HALF_OPEN {
+            now.max((from >> 2) + 1).min(u64::MAX >> 2)
+        } else {
+            now
+        }
     }
 
     /// Decides for one request. Closed: one atomic load.
@@ -176,21 +231,29 @@ impl Breaker {
         if self.word.load(Ordering::Acquire) != admitted {
             return;
         }
-        if !failed {
-            if self.failures.load(Ordering::Relaxed) != 0 {
-                self.failures.store(0, Ordering::Relaxed);
+        let trip = match &self.count {
+            Count::Consecutive {
+                threshold,
+                failures,
+            } => {
+                if !failed {
+                    if failures.load(Ordering::Relaxed) != 0 {
+                        failures.store(0, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                failures.fetch_add(1, Ordering::AcqRel) + 1 >= *threshold
             }
-            return;
-        }
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= self.threshold {
+            Count::Rate(window) => window.record(self.now(), failed),
+        };
+        if trip {
             self.open(admitted);
         }
     }
 
     /// Opens it, now, if its word is still `from`.
     fn open(&self, from: u64) {
-        let open = (self.now() << 2) | u64::from(OPEN);
+        let open = (self.stamp(from) << 2) | u64::from(OPEN);
         if self
             .word
             .compare_exchange(from, open, Ordering::AcqRel, Ordering::Acquire)
@@ -208,9 +271,10 @@ impl Breaker {
             if failed {
                 self.open(issued);
             } else {
-                // The count starts afresh before anyone is admitted into the new period.
-                self.failures.store(0, Ordering::Release);
-                let closed = (self.now() << 2) | u64::from(CLOSED);
+                // The count (or window) starts afresh before anyone is admitted into the new
+                // period.
+                self.count.reset();
+                let closed = (self.stamp(issued) << 2) | u64::from(CLOSED);
                 if self
                     .word
                     .compare_exchange(issued, closed, Ordering::AcqRel, Ordering::Acquire)
@@ -238,11 +302,26 @@ impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("state", &self.state())
-            .field("failures", &self.failures.load(Ordering::Relaxed))
-            .field("threshold", &self.threshold)
+            .field("count", &self.count)
             .field("cooldown", &self.cooldown)
             .field("max_probes", &self.max_probes)
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Consecutive {
+                threshold,
+                failures,
+            } => f
+                .debug_struct("Consecutive")
+                .field("failures", &failures.load(Ordering::Relaxed))
+                .field("threshold", threshold)
+                .finish(),
+            Self::Rate(window) => window.fmt(f),
+        }
     }
 }
 
