@@ -62,7 +62,7 @@ use tower::{Layer, Service};
 use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, FailureRate};
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
@@ -121,7 +121,7 @@ pub struct Route<B = Incoming> {
     timeout: Duration,
     anonymous: Vec<String>,
     rate_limit: Option<Quota>,
-    circuit_breaker: Option<(NonZeroU32, Duration)>,
+    circuit_breaker: Option<(Trip, Duration)>,
     bulkhead: Option<NonZeroUsize>,
     retry: Option<RetryLayer>,
     classifier: SharedClassifier,
@@ -180,7 +180,15 @@ impl<B> Route<B> {
     /// upstream for `cooldown`, then one probe decides (see
     /// [`CircuitBreakerLayer`]).
     pub fn circuit_breaker(mut self, failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
-        self.circuit_breaker = Some((failure_threshold, cooldown));
+        self.circuit_breaker = Some((Trip::Consecutive(failure_threshold), cooldown));
+        self
+    }
+
+    /// Opens this route's circuit when the share of failed requests over a sliding window
+    /// reaches `policy`'s rate (with at least its minimum of calls), instead of after
+    /// consecutive failures; then as [`circuit_breaker`](Self::circuit_breaker).
+    pub fn circuit_breaker_failure_rate(mut self, policy: FailureRate, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some((Trip::Rate(policy), cooldown));
         self
     }
 
@@ -245,6 +253,13 @@ impl<B> Route<B> {
         }));
         self
     }
+}
+
+/// What opens a route's circuit breaker.
+#[derive(Clone, Copy, Debug)]
+enum Trip {
+    Consecutive(NonZeroU32),
+    Rate(FailureRate),
 }
 
 /// Why a gateway could not be built.
@@ -375,12 +390,18 @@ where
             let admitted =
                 bulkhead.layer(retry.layer(TimeoutLayer::new(route.timeout).layer(proxy)));
             let guarded = match route.circuit_breaker {
-                Some((threshold, cooldown)) => {
+                Some((trip, cooldown)) => {
                     if cooldown.is_zero() {
                         return Err(BuildError::ZeroCooldown(prefix));
                     }
+                    let breaker = match trip {
+                        Trip::Consecutive(threshold) => {
+                            CircuitBreakerLayer::new(threshold, cooldown)
+                        }
+                        Trip::Rate(policy) => CircuitBreakerLayer::failure_rate(policy, cooldown),
+                    };
                     Either::Left(
-                        CircuitBreakerLayer::new(threshold, cooldown)
+                        breaker
                             .with_classifier(route.classifier.clone())
                             .layer(admitted),
                     )

@@ -57,6 +57,7 @@ use serde::de::{Deserializer, Error as _};
 
 use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
+use crate::circuit_breaker::{FailureRate, FailureRateError};
 use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
 use crate::rate_limit::{Quota, QuotaError};
 use crate::retry::RetryLayer;
@@ -346,11 +347,74 @@ pub struct BulkheadConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CircuitBreakerConfig {
-    /// Consecutive failures that open the circuit.
-    pub failure_threshold: u32,
+    /// Consecutive failures that open the circuit. Either this or `failure_rate`.
+    pub failure_threshold: Option<u32>,
+    /// The share of failed requests (above 0, at most 1) over `window` that opens the circuit,
+    /// once `min_calls` requests were answered in it. Either this or `failure_threshold`.
+    pub failure_rate: Option<f64>,
+    /// The sliding window of `failure_rate`. Default 30s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub window: Option<Duration>,
+    /// The fewest answered requests in the window before `failure_rate` applies. Default 10.
+    pub min_calls: Option<u32>,
     /// How long it stays open before one probe goes through.
     #[serde(deserialize_with = "duration")]
     pub cooldown: Duration,
+}
+
+/// What opens a breaker, from its section.
+enum TripConfig {
+    Consecutive(NonZeroU32),
+    Rate(FailureRate),
+}
+
+impl CircuitBreakerConfig {
+    /// The trip policy this section asks for, checked.
+    fn trip(&self, key: &str) -> Result<TripConfig, ConfigError> {
+        let key = format!("{key}.circuit_breaker");
+        let rate_keys = [
+            ("failure_rate", self.failure_rate.is_some()),
+            ("window", self.window.is_some()),
+            ("min_calls", self.min_calls.is_some()),
+        ];
+        match (self.failure_threshold, self.failure_rate) {
+            (Some(threshold), None) => {
+                if let Some(extra) = first_set(&rate_keys) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{extra}"),
+                        "only goes with failure_rate, not failure_threshold",
+                    ));
+                }
+                NonZeroU32::new(threshold)
+                    .map(TripConfig::Consecutive)
+                    .ok_or_else(|| ConfigError::zero(format!("{key}.failure_threshold")))
+            }
+            (None, Some(rate)) => {
+                let min_calls = self.min_calls.unwrap_or(10);
+                let min_calls = NonZeroU32::new(min_calls)
+                    .ok_or_else(|| ConfigError::zero(format!("{key}.min_calls")))?;
+                let window = self.window.unwrap_or(Duration::from_secs(30));
+                FailureRate::new(rate, window, min_calls)
+                    .map(TripConfig::Rate)
+                    .map_err(|error| {
+                        let field = match error {
+                            FailureRateError::RateOutOfRange(_) => "failure_rate",
+                            FailureRateError::TooManyMinCalls(_) => "min_calls",
+                            _ => "window",
+                        };
+                        ConfigError::invalid(format!("{key}.{field}"), error)
+                    })
+            }
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                format!("{key}.failure_rate"),
+                "set failure_threshold or failure_rate, not both",
+            )),
+            (None, None) => Err(ConfigError::invalid(
+                key,
+                "needs failure_threshold (consecutive failures) or failure_rate",
+            )),
+        }
+    }
 }
 
 /// `[routes.retry]`.
@@ -489,10 +553,14 @@ impl Config {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
             }
             if let Some(breaker) = &route.circuit_breaker {
-                let threshold = NonZeroU32::new(breaker.failure_threshold).ok_or_else(|| {
-                    ConfigError::zero(format!("routes[{i}].circuit_breaker.failure_threshold"))
-                })?;
-                target = target.circuit_breaker(threshold, breaker.cooldown);
+                target = match breaker.trip(&format!("routes[{i}]"))? {
+                    TripConfig::Consecutive(threshold) => {
+                        target.circuit_breaker(threshold, breaker.cooldown)
+                    }
+                    TripConfig::Rate(policy) => {
+                        target.circuit_breaker_failure_rate(policy, breaker.cooldown)
+                    }
+                };
             }
             if let Some(bulkhead) = &route.bulkhead {
                 let max = NonZeroUsize::new(bulkhead.max_concurrent).ok_or_else(|| {
@@ -672,12 +740,6 @@ impl RouteConfig {
                     .is_some_and(|b| b.max_concurrent == 0),
             ),
             (
-                "circuit_breaker.failure_threshold",
-                self.circuit_breaker
-                    .as_ref()
-                    .is_some_and(|c| c.failure_threshold == 0),
-            ),
-            (
                 "circuit_breaker.cooldown",
                 self.circuit_breaker
                     .as_ref()
@@ -696,6 +758,9 @@ impl RouteConfig {
         }
         if let Some(retry) = &self.retry {
             retry.validate(key)?;
+        }
+        if let Some(breaker) = &self.circuit_breaker {
+            breaker.trip(key)?;
         }
         Ok(())
     }
@@ -867,7 +932,7 @@ base_delay = "100ms"
         let breaker = route.circuit_breaker.as_ref().unwrap();
         assert_eq!(
             (breaker.failure_threshold, breaker.cooldown),
-            (5, Duration::from_secs(30))
+            (Some(5), Duration::from_secs(30))
         );
         let retry = route.retry.as_ref().unwrap();
         assert_eq!(
@@ -1022,6 +1087,30 @@ base_delay = "100ms"
             (
                 route("[routes.circuit_breaker]\nfailure_threshold = 1\ncooldown = \"0ms\""),
                 "routes[0].circuit_breaker.cooldown: must be greater than zero",
+            ),
+            (
+                route("[routes.circuit_breaker]\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker: needs failure_threshold (consecutive failures) or failure_rate",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_threshold = 3\nfailure_rate = 0.5\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.failure_rate: set failure_threshold or failure_rate, not both",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_threshold = 3\nwindow = \"10s\"\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.window: only goes with failure_rate",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_rate = 1.5\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.failure_rate: rate must be greater than 0 and at most 1, got 1.5",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_rate = 0.5\nwindow = \"1ms\"\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.window: window must be at least 10ms",
+            ),
+            (
+                route("[routes.circuit_breaker]\nfailure_rate = 0.5\nmin_calls = 0\ncooldown = \"1s\""),
+                "routes[0].circuit_breaker.min_calls: must be greater than zero",
             ),
             (
                 route("[routes.retry]\nmax_retries = 1\nbase_delay = \"soon\""),

@@ -105,3 +105,54 @@ async fn an_unreachable_upstream_opens_it() {
     }
     assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 503);
 }
+
+#[tokio::test]
+async fn a_failure_rate_from_the_config_opens_it_over_its_window() {
+    // Half of the calls fail, interleaved, so consecutive failures never exceed one: only
+    // the rate (0.5 over at least 6 calls) can open it.
+    let status = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let up = upstream(status.clone(), hits.clone()).await;
+    let config = tower_gateway::config::Config::from_toml_str(&format!(
+        r#"
+[[routes]]
+prefix = "/api"
+upstreams = ["http://{up}"]
+
+[routes.circuit_breaker]
+failure_rate = 0.5
+window = "1m"
+min_calls = 6
+cooldown = "1m"
+"#
+    ))
+    .unwrap();
+    let gw = serve_gateway(config.gateway_builder().unwrap()).await;
+    let client = client();
+    for i in 0..5 {
+        let code = if i % 2 == 0 { 500 } else { 200 };
+        status.store(code, Ordering::SeqCst);
+        assert_eq!(
+            fetch(&client, gw, "/api/x", &[]).await.status.as_u16(),
+            code
+        );
+    }
+    // 3 failures in 5 calls: over the rate, but under the minimum of calls.
+    status.store(404, Ordering::SeqCst);
+    assert_eq!(
+        fetch(&client, gw, "/api/x", &[]).await.status,
+        404,
+        "a 4xx is a success"
+    );
+    // 3 of 6 failed, but the rate is only checked when a failure is recorded.
+    status.store(500, Ordering::SeqCst);
+    assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 500);
+    // 4 of 7: open.
+    assert_eq!(hits.load(Ordering::SeqCst), 7);
+    assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 503);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        7,
+        "open: the upstream is not contacted"
+    );
+}
