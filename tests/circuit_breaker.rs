@@ -1,6 +1,8 @@
 //! The circuit breaker in the gateway, through real sockets: upstream 5xx and unreachable
-//! upstreams open it, 4xx never do, and an open circuit answers without the upstream.
-//! (Cooldowns and probes run on tokio's paused clock in the module's unit tests.)
+//! upstreams open it, 4xx never do, a success resets the count, an open circuit answers
+//! without the upstream, and after the cooldown one probe decides (a lost probe included).
+//! (The finer points of cooldowns and probes run on tokio's paused clock in the module's
+//! unit tests.)
 
 mod common;
 
@@ -15,10 +17,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tower_gateway::builder::{Gateway, Route};
 
 use common::gauge::{client, fetch, serve_gateway};
-use common::serve_hyper;
+use common::switch::{self, Switch, eventually, retry_until};
+use common::{read_head, serve_hyper};
 
 /// An upstream answering the status in `status`, counting its hits.
 async fn upstream(status: Arc<AtomicU16>, hits: Arc<AtomicUsize>) -> SocketAddr {
@@ -155,4 +160,105 @@ cooldown = "1m"
         7,
         "open: the upstream is not contacted"
     );
+
+async fn a_success_resets_the_count_of_consecutive_failures() {
+    let status = Arc::new(AtomicU16::new(500));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let up = upstream(status.clone(), hits.clone()).await;
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([format!("http://{up}")])
+                .circuit_breaker(three_failures(), Duration::from_secs(60)),
+        ),
+    )
+    .await;
+    let client = client();
+
+    // 500, 500, 200, 500, 500: never three failures in a row.
+    for code in [500, 500, 200, 500, 500] {
+        status.store(code, Ordering::SeqCst);
+        let res = fetch(&client, gw, "/api/x", &[]).await;
+        assert_eq!((res.status.as_u16(), res.text()), (code, "upstream"));
+    }
+    // The third in a row opens it.
+    let res = fetch(&client, gw, "/api/x", &[]).await;
+    assert_eq!(res.status, 500);
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+    assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 503);
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+}
+
+/// Sends `GET /api/held` on connections of its own until one is not answered at once with
+/// the breaker's 503 but held by the upstream: the probe. Returns its connection, open.
+async fn held_probe(gw: SocketAddr, upstream: &Switch) -> TcpStream {
+    loop {
+        let mut stream = TcpStream::connect(gw).await.unwrap();
+        stream
+            .write_all(b"GET /api/held HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::select! {
+            head = read_head(&mut stream) => {
+                assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            () = eventually(|| upstream.held() == 1, "the probe is held") => return stream,
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_the_cooldown_one_probe_goes_through_and_a_lost_probe_does_not_wedge_it() {
+    let cooldown = Duration::from_secs(1);
+    let (up, upstream) = switch::start().await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([format!("http://{up}")]).circuit_breaker(NonZeroU32::new(1).unwrap(), cooldown),
+    ))
+    .await;
+    let client = client();
+    upstream.set_status(500);
+    assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 500);
+
+    // After the cooldown, one probe: held by the upstream while everyone else gets 503,
+    // without Retry-After (nobody knows when the probe answers).
+    let probe = held_probe(gw, &upstream).await;
+    for _ in 0..5 {
+        let res = fetch(&client, gw, "/api/x", &[]).await;
+        assert_eq!(res.status, 503);
+        assert!(
+            res.headers.get("retry-after").is_none(),
+            "{:?}",
+            res.headers
+        );
+        assert_eq!(res.problem()["status"], 503);
+    }
+    assert_eq!(upstream.hits(), 2, "the first failure and the probe");
+
+    // The probe's client hangs up: that counts as a failure and reopens the breaker for a
+    // cooldown; it does not leave it half-open, refusing everyone for good.
+    drop(probe);
+    eventually(|| upstream.held() == 0, "the probe is cancelled upstream").await;
+    upstream.set_status(200);
+    let res = retry_until(
+        || fetch(&client, gw, "/api/x", &[]),
+        |res| {
+            if res.status == 503 {
+                assert!(
+                    res.headers.contains_key("retry-after"),
+                    "open again, with a cooldown: {:?}",
+                    res.headers
+                );
+            }
+            res.status != 503
+        },
+    )
+    .await;
+    // A new probe, which succeeds and closes it.
+    assert_eq!((res.status.as_u16(), res.text()), (200, "upstream /x"));
+    for _ in 0..3 {
+        assert_eq!(fetch(&client, gw, "/api/x", &[]).await.status, 200);
+    }
+    assert_eq!(upstream.hits(), 6);
 }

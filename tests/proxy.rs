@@ -678,3 +678,40 @@ async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
         .unwrap();
     assert_eq!(res.status(), 504);
 }
+
+#[tokio::test]
+async fn a_slow_download_that_keeps_flowing_outlives_the_timeout() {
+    let (up, gauge) = common::gauge::start().await;
+    let gw = serve(Gateway::builder().route(
+        "/api",
+        Route::to([url(up)]).timeout(Duration::from_millis(300)),
+    ))
+    .await;
+    let client = common::gauge::client();
+    let req = Request::get(format!("http://{gw}/api/drip?ms=50"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // 8 bytes every 50 ms: 30 chunks take 1.5 s at least, five times the timeout.
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    while got.len() < 30 * 8 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the body keeps flowing")
+            .expect("the body is not cut")
+            .unwrap();
+        got.extend_from_slice(&frame.into_data().unwrap_or_default());
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(got.chunks(8).all(|chunk| chunk == b"drip...."));
+    // The client hangs up: the upstream stream is dropped.
+    drop(body);
+    wait_for(
+        || gauge.drips_dropped.load(Ordering::SeqCst) == 1,
+        "the upstream stream is cancelled",
+    )
+    .await;
+}
