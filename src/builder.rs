@@ -36,7 +36,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Inside axum, mount it with `Router::nest_service("/", gateway)` or
+//! Inside axum, mount it under a path with `Router::nest_service("/api", gateway)` (the
+//! gateway then sees paths without `/api`), or for everything axum does not route with
 //! `Router::fallback_service(gateway)`; build it for axum's body type with
 //! `Gateway::<axum::body::Body>::builder()`. Around the whole gateway, wrap it like any
 //! service (`ServiceBuilder::new().layer(..).service(gateway)`).

@@ -27,6 +27,8 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Response, StatusCode};
 
+use crate::rejection::{Rejection, RejectionKind};
+
 /// A borrowed view of a response's head (everything but the body): three references.
 #[derive(Clone, Copy, Debug)]
 pub struct ResponseHead<'a> {
@@ -46,9 +48,22 @@ impl<'a> ResponseHead<'a> {
         self.headers
     }
 
-    /// The extensions: a gateway answer carries its [`Rejection`](crate::Rejection) there.
+    /// The extensions: a gateway answer carries its [`Rejection`] there.
     pub fn extensions(&self) -> &'a Extensions {
         self.extensions
+    }
+
+    /// Whether this answer says anything about the upstream: its own answer, or the
+    /// gateway's `502` or `504` for it. A refusal of the gateway's own (a full bulkhead, a
+    /// rate limit, auth, a route's own layer) never reached the upstream, so a circuit
+    /// breaker counts it neither as a failure nor as a success.
+    pub fn is_about_upstream(&self) -> bool {
+        self.extensions.get::<Rejection>().is_none_or(|rejection| {
+            matches!(
+                rejection.kind(),
+                RejectionKind::BadGateway | RejectionKind::GatewayTimeout
+            )
+        })
     }
 }
 
@@ -164,6 +179,15 @@ mod tests {
             !ServerErrors.is_failure(&ResponseHead::from(&res)),
             "a full bulkhead is no upstream failure"
         );
+        assert!(
+            !ResponseHead::from(&res).is_about_upstream(),
+            "nor a success"
+        );
+        for kind in [RejectionKind::GatewayTimeout, RejectionKind::BadGateway] {
+            let res: Response<Bytes> = Rejection::new(kind).into_response();
+            assert!(ResponseHead::from(&res).is_about_upstream(), "{kind:?}");
+        }
+        assert!(ResponseHead::from(&status(500)).is_about_upstream());
     }
 
     #[test]

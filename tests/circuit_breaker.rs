@@ -160,7 +160,9 @@ cooldown = "1m"
         7,
         "open: the upstream is not contacted"
     );
+}
 
+#[tokio::test]
 async fn a_success_resets_the_count_of_consecutive_failures() {
     let status = Arc::new(AtomicU16::new(500));
     let hits = Arc::new(AtomicUsize::new(0));

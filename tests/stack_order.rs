@@ -541,8 +541,6 @@ async fn each_route_has_its_own_rate_limit() {
 /// The bulkhead sits inside the breaker, so its `429`s reach the breaker's classifier; they
 /// are the gateway's own answers, not the upstream's, and must count neither way.
 #[tokio::test]
-#[ignore = "bug: the breaker counts the bulkhead's own 429 as an upstream success, which resets \
-            its count of consecutive failures (CONTRACT.md §4, Circuit breaker)"]
 async fn a_full_bulkhead_does_not_reset_the_breakers_count_of_upstream_failures() {
     let (up, upstream) = switch::start().await;
     let gw = serve_gateway(
@@ -580,8 +578,6 @@ async fn a_full_bulkhead_does_not_reset_the_breakers_count_of_upstream_failures(
 /// After the cooldown the probe meets a bulkhead still full of streams from before the
 /// breaker opened: the probe never reached the upstream, so it must not close the breaker.
 #[tokio::test]
-#[ignore = "bug: a probe answered by the full bulkhead's 429 closes the breaker, though it never \
-            reached the upstream (CONTRACT.md §4, Circuit breaker)"]
 async fn a_probe_refused_by_the_full_bulkhead_does_not_close_the_breaker() {
     let cooldown = Duration::from_secs(1);
     let (up, upstream) = switch::start().await;

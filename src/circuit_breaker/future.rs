@@ -22,10 +22,13 @@ pub(super) enum Recorder {
 }
 
 impl Recorder {
-    fn record(self, failed: bool) {
-        match self {
-            Self::Closed(breaker, admitted) => breaker.record(admitted, failed),
-            Self::Probe(ticket) => ticket.finish(failed),
+    /// Reports `failed`, or nothing when the answer said nothing about the upstream.
+    fn record(self, failed: Option<bool>) {
+        match (self, failed) {
+            (Self::Closed(breaker, admitted), Some(failed)) => breaker.record(admitted, failed),
+            (Self::Closed(..), None) => {}
+            (Self::Probe(ticket), Some(failed)) => ticket.finish(failed),
+            (Self::Probe(ticket), None) => ticket.release(),
         }
     }
 }
@@ -91,8 +94,14 @@ where
             } => {
                 let result = ready!(fut.poll(cx));
                 let failed = match &result {
-                    Ok(res) => classifier.is_failure(&ResponseHead::from(res)),
-                    Err(_) => true,
+                    Ok(res) => {
+                        let head = ResponseHead::from(res);
+                        // A refusal of the gateway's own (a full bulkhead) never reached
+                        // the upstream: no verdict either way.
+                        head.is_about_upstream()
+                            .then(|| classifier.is_failure(&head))
+                    }
+                    Err(_) => Some(true),
                 };
                 if let Some(recorder) = recorder.take() {
                     recorder.record(failed);

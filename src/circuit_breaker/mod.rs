@@ -6,7 +6,10 @@
 //!   [`FailureClassifier`](crate::classify::FailureClassifier) (default
 //!   [`ServerErrors`](crate::classify::ServerErrors): 5xx, the gateway's own 502 and 504;
 //!   never a 4xx), and counted by the trip policy (below), which opens the breaker. Deciding
-//!   whether a request passes costs one atomic load.
+//!   whether a request passes costs one atomic load. A refusal of the gateway's own from
+//!   further in (a full bulkhead's `429`) never reached the upstream and counts neither way
+//!   ([`ResponseHead::is_about_upstream`](crate::classify::ResponseHead::is_about_upstream));
+//!   a probe refused so gives its slot back to the next request.
 //! - **Open**: requests are answered `503` without touching the inner service, with
 //!   `Retry-After` set to what is left of the cooldown.
 //! - **Half-open**: after the cooldown, [`probes`](CircuitBreakerLayer::probes) requests
@@ -170,6 +173,61 @@ mod tests {
         assert_eq!(layer.state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(30)).await;
         (gate, up, layer, svc)
+    }
+
+    /// An inner service answering, in turn, the upstream's 500s and the gateway's own
+    /// refusal (a full bulkhead's 429) as `script` says: `true` for a refusal.
+    fn refusing(
+        script: Vec<bool>,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl tower::Service<Request<()>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let svc = service_fn(move |_req: Request<()>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let refuse = script.get(n).copied().unwrap_or(false);
+            async move {
+                Ok::<_, Infallible>(if refuse {
+                    Rejection::new(RejectionKind::ConcurrencyLimited).into_response::<Body>()
+                } else {
+                    let mut res = Response::new(Body::from("upstream"));
+                    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    res
+                })
+            }
+        });
+        (calls, svc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gateways_own_refusals_count_neither_way() {
+        // 500, refused, 500: two consecutive upstream failures, the refusal in between
+        // resetting nothing.
+        let (_, inner) = refusing(vec![false, true, false]);
+        let layer = breaker(2, 30);
+        let svc = layer.layer(inner);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(status(&svc).await, 429);
+        assert_eq!(layer.state(), BreakerState::Closed);
+        assert_eq!(status(&svc).await, 500);
+        assert_eq!(layer.state(), BreakerState::Open);
+
+        // A probe the gateway refused gives its slot back: the next request probes.
+        let (calls, inner) = refusing(vec![false, true, true]);
+        let layer = breaker(1, 30);
+        let svc = layer.layer(inner);
+        assert_eq!(status(&svc).await, 500);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(status(&svc).await, 429);
+        assert_eq!(layer.state(), BreakerState::HalfOpen, "no verdict");
+        assert_eq!(status(&svc).await, 429, "the next request is a probe");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(status(&svc).await, 500, "and the next");
+        assert_eq!(layer.state(), BreakerState::Open);
     }
 
     fn breaker(threshold: u32, cooldown_secs: u64) -> CircuitBreakerLayer {

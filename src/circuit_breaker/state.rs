@@ -340,6 +340,13 @@ impl ProbeTicket {
         self.done = true;
         self.breaker.probe_done(self.issued, failed);
     }
+
+    /// Gives the probe's slot back without a verdict: its request never reached the
+    /// upstream (the gateway refused it further in), so the next request probes instead.
+    pub(super) fn release(mut self) {
+        self.done = true;
+        self.breaker.probes.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for ProbeTicket {
