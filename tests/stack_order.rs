@@ -1,6 +1,6 @@
 //! The order of the gateway's stack (CONTRACT.md §4, "Order"), through real sockets:
 //! correlation ID, hop-by-hop stripping, routing, auth, rate limit, circuit breaker,
-//! bulkhead, (retry,) timeout, proxy; outermost first.
+//! bulkhead, retry, timeout, proxy; outermost first (retry's place: tests/retry.rs).
 //!
 //! Each test puts two layers in conflict and checks which one answers: a request that two
 //! layers would refuse is refused by the outer one, with the outer one's kind, and leaves no
@@ -297,12 +297,10 @@ async fn timeouts_inside_the_breaker_count_as_failures() {
     assert_eq!(upstream.hits(), 2);
 }
 
-// Retry sits between the bulkhead and the timeout (CONTRACT.md §4). Its order test goes
-// here once `Route::retry` exists: a GET to an always-500 upstream with `max_retries = 2`
-// reaches it 3 times and takes one bulkhead slot for all three (a second request meanwhile
-// gets the bulkhead's 429); each attempt gets a fresh timeout (three slow attempts of just
-// under the timeout each succeed on the third, where one timeout for all would have cut
-// them); and the breaker counts one failure per client request, not one per attempt.
+// Retry sits between the bulkhead and the timeout (CONTRACT.md §4); its order is locked in
+// by tests/retry.rs: `a_retried_request_holds_one_bulkhead_slot_through_its_wait` (bulkhead
+// outside), `each_attempt_has_its_own_timeout` (timeout inside) and
+// `the_breaker_counts_one_failure_per_client_request` (breaker outside).
 
 #[tokio::test]
 async fn every_answer_the_gateway_gives_itself_carries_the_correlation_id() {
