@@ -124,6 +124,32 @@ impl Template {
     }
 }
 
+/// The least tower retry policy: keeps a copy of each request, never retries.
+#[derive(Clone, Copy)]
+struct CopyOnly;
+
+impl<Res> tower::retry::Policy<Req, Res, Infallible> for CopyOnly {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _req: &mut Req,
+        _result: &mut Result<Res, Infallible>,
+    ) -> Option<Ready<()>> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        let mut copy = Request::new(Empty::new());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
 /// One request through `svc`, the way a server drives it.
 fn drive<S, R>(svc: &mut S, req: Req) -> R
 where
@@ -257,6 +283,15 @@ fn layers(c: &mut Criterion) {
         "retry_get",
         &template,
         RetryLayer::new(2).layer(bare()),
+    );
+    // tower's own `Retry` with the least policy that can retry a GET (it copies the request
+    // before sending it, and never retries here): the floor any retry layer that keeps a
+    // copy pays.
+    overhead(
+        &mut group,
+        "tower_retry_get",
+        &template,
+        tower::retry::Retry::new(CopyOnly, bare()),
     );
     // Retry with `max_retries = 0`, what every gateway route without retries runs: the
     // body wrapper only.
