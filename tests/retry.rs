@@ -415,3 +415,56 @@ async fn a_retried_request_holds_one_bulkhead_slot_through_its_wait() {
         "the 429 never reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_body_past_the_limit_is_sent_once_and_whole() {
+    // No Content-Length: the gateway learns the body is too large only while it streams
+    // (kept up to 64 KiB, then no more), so the failed attempt is not retried.
+    use http_body_util::StreamBody;
+
+    let up = Upstream::always(503).await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
+    ))
+    .await;
+    let chunks: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 2048])).collect();
+    let whole: Bytes = chunks.concat().into();
+    let frames = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(c))),
+    );
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::put(format!("http://{gw}/api/doc"))
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "past 64 KiB: not retried");
+    assert_eq!(seen[0].body, whole, "but sent whole");
+
+    // A small streamed body is kept and sent whole by every attempt.
+    let up = Upstream::always(503).await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
+    ))
+    .await;
+    let frames = futures_util::stream::iter(
+        ["small ", "streamed ", "body"]
+            .map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(c)))),
+    );
+    let req = Request::put(format!("http://{gw}/api/doc"))
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let bodies: Vec<_> = up.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, ["small streamed body"; 3]);
+}

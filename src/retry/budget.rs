@@ -69,7 +69,8 @@ impl RetryBudget {
             requests: Default::default(),
             retries: Default::default(),
             ratio_milli: (ratio * 1000.0).round() as u64,
-            floor_milli: u64::from(min_per_sec) * window_nanos / 1_000_000,
+            // Retries a second × milliseconds: thousandths of a retry (at most about 1.5e16).
+            floor_milli: u64::from(min_per_sec) * window.as_millis() as u64,
             ratio,
             min_per_sec,
             window,
@@ -102,8 +103,10 @@ impl RetryBudget {
         let tick = self.tick();
         let requests = sum(&self.requests, tick);
         let retries = sum(&self.retries, tick);
-        let allowed = self.floor_milli + self.ratio_milli * requests;
-        if (retries + 1) * 1000 > allowed {
+        let allowed = self
+            .floor_milli
+            .saturating_add(self.ratio_milli.saturating_mul(requests));
+        if (retries + 1).saturating_mul(1000) > allowed {
             return false;
         }
         add(&self.retries, tick);
@@ -113,14 +116,18 @@ impl RetryBudget {
     /// How many retries the budget would allow now.
     pub fn remaining(&self) -> u64 {
         let tick = self.tick();
-        let allowed = (self.floor_milli + self.ratio_milli * sum(&self.requests, tick)) / 1000;
+        let allowed = self
+            .floor_milli
+            .saturating_add(self.ratio_milli.saturating_mul(sum(&self.requests, tick)))
+            / 1000;
         allowed.saturating_sub(sum(&self.retries, tick))
     }
 
     #[inline]
     fn tick(&self) -> u32 {
         let nanos = self.epoch.elapsed().as_nanos() as u64;
-        // Wraps after 2^32 slots (136 years of 1 s slots): a slot that old is long expired.
+        // Wraps after 2^32 slots (at least 49 days, with the shortest slots of 1 ms); the one
+        // window around the wrap may be miscounted, since 2^32 is no multiple of the ring.
         (nanos / self.slot_nanos) as u32
     }
 }
@@ -140,6 +147,11 @@ fn add(slots: &[AtomicU64; SLOTS], tick: u32) {
         if (current >> 32) as u32 == tick {
             // The slot is this tick's: count in place (its count never nears 2^32 per slot).
             slot.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if (tick.wrapping_sub((current >> 32) as u32) as i32) < 0 {
+            // A later tick already took the slot (this thread was held up between reading
+            // the clock and counting): this count is too old to matter.
             return;
         }
         // The slot still holds an older tick: start it afresh, unless another thread did.
@@ -259,6 +271,22 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(budget.remaining(), 40_000);
+    }
+
+    #[test]
+    fn extreme_settings_do_not_overflow() {
+        let budget = RetryBudget::new(1000.0, u32::MAX, Duration::from_secs(3600)).unwrap();
+        assert!(budget.withdraw());
+        assert!(budget.remaining() > 1_000_000_000);
+    }
+
+    #[test]
+    fn a_late_count_never_clears_a_newer_slot() {
+        let slots: [AtomicU64; SLOTS] = Default::default();
+        add(&slots, 20);
+        add(&slots, 20);
+        add(&slots, 10); // same slot index, ten ticks older: dropped
+        assert_eq!(sum(&slots, 20), 2);
     }
 
     #[test]

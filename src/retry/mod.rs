@@ -7,8 +7,9 @@
 //! - **When**: an answer that the [`FailureClassifier`](crate::classify::FailureClassifier)
 //!   calls a failure (default [`ServerErrors`](crate::classify::ServerErrors): every `5xx`,
 //!   including the gateway's own `502` for an unreachable upstream and `504` for a timeout),
-//!   or an error of the inner service. Never a `4xx`. The last attempt's answer goes to the
-//!   client as it is, so a `500` after the retries is the upstream's `500`.
+//!   or an error of the inner service. Never a `4xx`, whatever the classifier says. The
+//!   last attempt's answer goes to the client as it is, so a `500` after the retries is the
+//!   upstream's `500`.
 //! - **How often**: at most `max_retries` times per request, and only while the
 //!   [`RetryBudget`] lasts (by default 20 % of the last 10 s of requests plus 10 a second), so
 //!   an upstream that is down sees about 1.2 times the traffic, not `1 + max_retries` times.
@@ -409,14 +410,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_custom_classifier_decides() {
-        let upstream = Scripted::new(&[429, 200]);
+    async fn a_custom_classifier_decides_but_never_for_a_4xx() {
+        let upstream = Scripted::new(&[200]).with_header("x-degraded", "true");
+        let svc = RetryLayer::new(1)
+            .with_classifier(|res: &crate::classify::ResponseHead<'_>| {
+                res.headers().contains_key("x-degraded") || res.status() == 429
+            })
+            .layer(upstream.service());
+        svc.oneshot(request(Method::GET, "")).await.unwrap();
+        assert_eq!(upstream.hits(), 2, "a degraded 200 is retried");
+
+        let upstream = Scripted::new(&[429]);
         let svc = RetryLayer::new(1)
             .with_classifier(|res: &crate::classify::ResponseHead<'_>| res.status() == 429)
             .layer(upstream.service());
         let res = svc.oneshot(request(Method::GET, "")).await.unwrap();
-        assert_eq!(res.status(), 200);
-        assert_eq!(upstream.hits(), 2);
+        assert_eq!(res.status(), 429);
+        assert_eq!(
+            upstream.hits(),
+            1,
+            "a 4xx never is, even when the classifier counts it"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -437,7 +451,8 @@ mod tests {
             .layer(upstream.service());
         svc.clone().oneshot(request(Method::GET, "")).await.unwrap();
         svc.clone().oneshot(request(Method::GET, "")).await.unwrap();
-        // Two retries in the budget's window, shared by both requests: 2 + 2 hits.
+        // Two retries in the budget's window, shared by both requests: 3 hits for the first,
+        // 1 for the second.
         assert_eq!(upstream.hits(), 4);
     }
 

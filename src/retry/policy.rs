@@ -202,7 +202,10 @@ where
         let settings = &*self.settings;
         let (status, asked) = match result {
             Ok(res) => {
-                if !settings.classifier.is_failure(&ResponseHead::from(&*res)) {
+                // Never a 4xx, whatever the classifier counts for the circuit breaker.
+                if res.status().is_client_error()
+                    || !settings.classifier.is_failure(&ResponseHead::from(&*res))
+                {
                     return None;
                 }
                 (Some(res.status().as_u16()), retry_after(res.headers()))
@@ -222,7 +225,7 @@ where
                 return None;
             }
         }
-        if !req.body().can_replay() {
+        if !req.body().claim() {
             tracing::debug!(
                 status,
                 "not retrying: the request body cannot be sent again"

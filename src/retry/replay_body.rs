@@ -46,18 +46,34 @@ pin_project! {
 /// One attempt's view of a replayable body.
 struct Replay<B> {
     /// Where the tape waits between attempts.
-    shared: Arc<Mutex<Option<Tape<B>>>>,
+    shared: Arc<Mutex<Shared<B>>>,
     /// The tape, while this attempt reads it.
     tape: Option<Tape<B>>,
-    /// How many recorded frames this attempt has sent.
+    /// This body's place in the order of attempts (0 for the first).
+    generation: u64,
+    /// How many frames this attempt has sent.
     pos: usize,
     hint: SizeHint,
+}
+
+/// What the attempts of one request share.
+struct Shared<B> {
+    /// The tape, when no attempt holds it.
+    tape: Option<Tape<B>>,
+    /// The generation of the attempt the tape belongs to: an older attempt's body (one that
+    /// a stale connection polls late) may not take it.
+    current: u64,
+    /// The generation the next copy of the body gets.
+    next: u64,
 }
 
 /// The client's body and what has been read of it so far.
 struct Tape<B> {
     body: Pin<Box<B>>,
+    /// The frames read from the client's body, while they are all kept.
     frames: Vec<Recorded>,
+    /// How many frames were read from the client's body (kept or not).
+    read: usize,
     len: usize,
     limit: usize,
     state: TapeState,
@@ -89,12 +105,20 @@ impl Recorded {
     }
 }
 
-/// The tape was not there for an attempt to read: an earlier attempt still holds it. The
-/// retry policy only starts an attempt once the tape is back, so this is not expected; the
-/// attempt fails rather than send a truncated body.
+/// The tape was not there for an attempt to read, or belongs to a later attempt: this body
+/// is an abandoned attempt's (polled late by a stale connection), or the retry started
+/// while an earlier attempt still held the tape, which the policy does not do. The attempt
+/// fails rather than send a truncated body.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body is still held by an earlier attempt")]
+#[error("the request body is held by another attempt")]
 struct TapeBusy;
+
+/// Frames this attempt would have to send again were not kept (the body outgrew the replay
+/// limit after an earlier attempt read part of it): it fails rather than send a truncated
+/// body.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not kept whole for another attempt")]
+struct TapeIncomplete;
 
 /// The client's body failed earlier (that error went to the attempt that read it).
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +153,7 @@ impl<B: Body> RetryBody<B> {
         let tape = Tape {
             body: Box::pin(body),
             frames: Vec::new(),
+            read: 0,
             len: 0,
             limit,
             state: TapeState::Recording,
@@ -136,8 +161,13 @@ impl<B: Body> RetryBody<B> {
         Self {
             kind: Kind::Replay {
                 replay: Replay {
-                    shared: Arc::new(Mutex::new(Some(tape))),
+                    shared: Arc::new(Mutex::new(Shared {
+                        tape: Some(tape),
+                        current: 0,
+                        next: 1,
+                    })),
                     tape: None,
+                    generation: 0,
                     pos: 0,
                     hint,
                 },
@@ -155,6 +185,11 @@ impl<B: Body> RetryBody<B> {
                 replay: Replay {
                     shared: Arc::clone(&replay.shared),
                     tape: None,
+                    generation: {
+                        let mut shared = lock(&replay.shared);
+                        shared.next += 1;
+                        shared.next - 1
+                    },
                     pos: 0,
                     hint: replay.hint,
                 },
@@ -163,15 +198,23 @@ impl<B: Body> RetryBody<B> {
         Some(Self { kind })
     }
 
-    /// Whether another attempt could send this body whole: it is empty, or every frame read
-    /// so far was kept and no attempt holds the tape any more.
-    pub(super) fn can_replay(&self) -> bool {
+    /// Readies this body for the next attempt: `true` when it can be sent whole (it is
+    /// empty, or every frame read so far was kept and no attempt holds the tape). From then
+    /// on the tape is this body's: an earlier attempt's body can no longer take it.
+    pub(super) fn claim(&self) -> bool {
         match &self.kind {
             Kind::Direct { .. } => false,
             Kind::Empty => true,
-            Kind::Replay { replay } => lock(&replay.shared)
-                .as_ref()
-                .is_some_and(|tape| matches!(tape.state, TapeState::Recording | TapeState::Ended)),
+            Kind::Replay { replay } => {
+                let mut shared = lock(&replay.shared);
+                let whole = shared.tape.as_ref().is_some_and(|tape| {
+                    matches!(tape.state, TapeState::Recording | TapeState::Ended)
+                });
+                if whole {
+                    shared.current = shared.current.max(replay.generation);
+                }
+                whole
+            }
         }
     }
 
@@ -185,7 +228,7 @@ impl<B> Drop for Replay<B> {
     fn drop(&mut self) {
         // Hand the tape back for the next attempt.
         if let Some(tape) = self.tape.take() {
-            *lock(&self.shared) = Some(tape);
+            lock(&self.shared).tape = Some(tape);
         }
     }
 }
@@ -197,20 +240,32 @@ where
 {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.tape.is_none() {
-            match lock(&self.shared).take() {
-                Some(tape) => self.tape = Some(tape),
+            let mut shared = lock(&self.shared);
+            if self.generation < shared.current {
+                return Poll::Ready(Some(Err(TapeBusy.into())));
+            }
+            match shared.tape.take() {
+                Some(tape) => {
+                    shared.current = self.generation;
+                    self.tape = Some(tape);
+                }
                 None => return Poll::Ready(Some(Err(TapeBusy.into()))),
             }
         }
         let Some(tape) = self.tape.as_mut() else {
             unreachable!("the tape was taken just above");
         };
+        // Replay what was kept; the kept frames are always the first ones read.
+        if self.pos < tape.frames.len() {
+            let frame = tape.frames[self.pos].to_frame();
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        // Only an attempt that has sent every frame read so far may read on.
+        if self.pos != tape.read {
+            return Poll::Ready(Some(Err(TapeIncomplete.into())));
+        }
         match tape.state {
-            TapeState::Recording | TapeState::Ended if self.pos < tape.frames.len() => {
-                let frame = tape.frames[self.pos].to_frame();
-                self.pos += 1;
-                return Poll::Ready(Some(Ok(frame)));
-            }
             TapeState::Ended | TapeState::Overflowed { done: true } => return Poll::Ready(None),
             TapeState::Failed => return Poll::Ready(Some(Err(TapeFailed.into()))),
             TapeState::Recording | TapeState::Overflowed { done: false } => {}
@@ -231,25 +286,23 @@ where
             }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
+        tape.read += 1;
+        self.pos += 1;
         if tape.state == TapeState::Recording {
-            let recorded = match frame.data_ref() {
-                Some(data) => {
-                    tape.len = tape.len.saturating_add(data.remaining());
-                    (tape.len <= tape.limit).then(|| Recorded::Data(data.clone()))
-                }
-                None => frame.trailers_ref().cloned().map(Recorded::Trailers),
+            let recorded = if let Some(data) = frame.data_ref() {
+                tape.len = tape.len.saturating_add(data.remaining());
+                (tape.len <= tape.limit).then(|| Recorded::Data(data.clone()))
+            } else {
+                // Trailers are kept; a kind of frame this version of http-body does not
+                // know cannot be, so the body is not replayed.
+                frame.trailers_ref().cloned().map(Recorded::Trailers)
             };
             match recorded {
-                Some(recorded) => {
-                    tape.frames.push(recorded);
-                    self.pos = tape.frames.len();
-                }
-                None if frame.is_data() => {
+                Some(recorded) => tape.frames.push(recorded),
+                None => {
                     tape.state = TapeState::Overflowed { done: false };
                     tape.frames = Vec::new();
                 }
-                // A frame of a kind this version of http-body does not know: sent, not kept.
-                None => {}
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -258,9 +311,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.tape {
             Some(tape) => match tape.state {
-                TapeState::Ended => self.pos == tape.frames.len(),
-                TapeState::Overflowed { done } => done,
-                TapeState::Recording => self.pos == tape.frames.len() && tape.body.is_end_stream(),
+                TapeState::Ended => self.pos == tape.read,
+                TapeState::Overflowed { done } => done && self.pos == tape.read,
+                TapeState::Recording => self.pos == tape.read && tape.body.is_end_stream(),
                 TapeState::Failed => false,
             },
             // Not read yet: a replayable body was not empty when the request came.
@@ -350,7 +403,7 @@ mod tests {
         let second = first.try_clone().unwrap();
         let third = second.try_clone().unwrap();
         assert_eq!(read(first).await.unwrap(), "abcdef");
-        assert!(second.can_replay());
+        assert!(second.claim());
         assert_eq!(read(second).await.unwrap(), "abcdef");
         assert_eq!(read(third).await.unwrap(), "abcdef");
     }
@@ -362,7 +415,7 @@ mod tests {
         let frame = first.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "ab");
         drop(first); // the upstream failed after one frame
-        assert!(second.can_replay());
+        assert!(second.claim());
         assert_eq!(read(second).await.unwrap(), "abcdef");
     }
 
@@ -371,7 +424,7 @@ mod tests {
         let first = RetryBody::replayable(chunks(&["abcd", "efgh", "ij"]), 6);
         let second = first.try_clone().unwrap();
         assert_eq!(read(first).await.unwrap(), "abcdefghij", "nothing lost");
-        assert!(!second.can_replay());
+        assert!(!second.claim());
     }
 
     #[tokio::test]
@@ -387,7 +440,7 @@ mod tests {
     async fn an_empty_body_is_empty_for_every_attempt() {
         let body = RetryBody::replayable(Full::new(Bytes::new()), 64);
         assert!(body.is_end_stream());
-        assert!(body.can_replay());
+        assert!(body.claim());
         let again = body.try_clone().unwrap();
         assert!(again.is_end_stream());
         assert_eq!(again.size_hint().exact(), Some(0));
@@ -426,9 +479,49 @@ mod tests {
         let mut first = RetryBody::replayable(chunks(&["ab", "cd"]), 64);
         let second = first.try_clone().unwrap();
         let _ = first.frame().await;
-        assert!(!second.can_replay(), "the first attempt still reads it");
+        assert!(!second.claim(), "the first attempt still reads it");
         let error = read(second).await.unwrap_err();
-        assert!(error.to_string().contains("still held"), "{error}");
+        assert!(
+            error.to_string().contains("held by another attempt"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_attempt_polled_late_cannot_take_the_tape() {
+        // The first attempt's body was never polled (say, it timed out waiting for flow
+        // control); the retry claims the tape, and the stale body polled late gets an error
+        // instead of eating the frames the retry must send.
+        let mut stale = RetryBody::replayable(chunks(&["ab", "cd"]), 64);
+        let retry = stale.try_clone().unwrap();
+        assert!(retry.claim());
+        let error = stale.frame().await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("held by another attempt"),
+            "{error}"
+        );
+        assert_eq!(read(retry).await.unwrap(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_overflows_after_a_retry_is_never_sent_in_part() {
+        let mut first = RetryBody::replayable(chunks(&["abcd", "efgh", "ij"]), 6);
+        let second = first.try_clone().unwrap();
+        let third = second.try_clone().unwrap();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abcd"
+        );
+        drop(first);
+        assert!(second.claim(), "all read so far was kept");
+        assert_eq!(
+            read(second).await.unwrap(),
+            "abcdefghij",
+            "whole, past the limit"
+        );
+        assert!(!third.claim(), "no longer kept whole");
+        let error = read(third).await.unwrap_err();
+        assert!(error.to_string().contains("not kept whole"), "{error}");
     }
 
     #[tokio::test]
@@ -440,13 +533,13 @@ mod tests {
         let first = RetryBody::replayable(StreamBody::new(futures_util::stream::iter(frames)), 64);
         let second = first.try_clone().unwrap();
         assert!(read(first).await.is_err());
-        assert!(!second.can_replay());
+        assert!(!second.claim());
     }
 
     #[tokio::test]
     async fn direct_bodies_pass_through() {
         let body = RetryBody::direct(Full::new(Bytes::from_static(b"post")));
-        assert!(!body.can_replay());
+        assert!(!body.claim());
         assert!(body.try_clone().is_none());
         assert_eq!(read(body).await.unwrap(), "post");
     }
