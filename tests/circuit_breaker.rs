@@ -39,13 +39,10 @@ async fn upstream(status: Arc<AtomicU16>, hits: Arc<AtomicUsize>) -> SocketAddr 
     .await
 }
 
-fn three_failures() -> NonZeroU32 {
-    NonZeroU32::new(3).unwrap()
-}
-
-#[tokio::test]
-async fn upstream_5xx_open_it_4xx_never_do_and_open_answers_without_the_upstream() {
-    let status = Arc::new(AtomicU16::new(404));
+/// A gateway whose one route, `/api`, opens its breaker after three failures for a minute,
+/// in front of an upstream answering `status` (which the test may change), counting hits.
+async fn guarded(status: u16) -> (Arc<AtomicU16>, Arc<AtomicUsize>, SocketAddr) {
+    let status = Arc::new(AtomicU16::new(status));
     let hits = Arc::new(AtomicUsize::new(0));
     let up = upstream(status.clone(), hits.clone()).await;
     let gw = serve_gateway(
@@ -56,6 +53,16 @@ async fn upstream_5xx_open_it_4xx_never_do_and_open_answers_without_the_upstream
         ),
     )
     .await;
+    (status, hits, gw)
+}
+
+fn three_failures() -> NonZeroU32 {
+    NonZeroU32::new(3).unwrap()
+}
+
+#[tokio::test]
+async fn upstream_5xx_open_it_4xx_never_do_and_open_answers_without_the_upstream() {
+    let (status, hits, gw) = guarded(404).await;
     let client = client();
 
     for _ in 0..5 {
@@ -164,17 +171,7 @@ cooldown = "1m"
 
 #[tokio::test]
 async fn a_success_resets_the_count_of_consecutive_failures() {
-    let status = Arc::new(AtomicU16::new(500));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let up = upstream(status.clone(), hits.clone()).await;
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([format!("http://{up}")])
-                .circuit_breaker(three_failures(), Duration::from_secs(60)),
-        ),
-    )
-    .await;
+    let (status, hits, gw) = guarded(500).await;
     let client = client();
 
     // 500, 500, 200, 500, 500: never three failures in a row.
