@@ -36,7 +36,9 @@ pin_project! {
         RetryPolicy<C>: Policy<Request<RetryBody<B>>, S::Response, S::Error>,
     {
         Direct { #[pin] fut: S::Future },
-        Retrying { #[pin] fut: Retrying<S, C, B> },
+        // Boxed: it holds the copy of the request and a clone of the service, about 400
+        // bytes that every layer outside would otherwise move along with its own future.
+        Retrying { fut: Pin<Box<Retrying<S, C, B>>> },
     }
 }
 
@@ -53,7 +55,7 @@ where
 
     pub(super) fn retrying(fut: Retrying<S, C, B>) -> Self {
         Self {
-            state: State::Retrying { fut },
+            state: State::Retrying { fut: Box::pin(fut) },
         }
     }
 }
@@ -85,7 +87,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Direct { fut } => fut.poll(cx),
-            StateProj::Retrying { fut } => fut.poll(cx),
+            StateProj::Retrying { fut } => fut.as_mut().poll(cx),
         }
     }
 }
