@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower_gateway::builder::GatewayBuilder;
 use tower_gateway::server::Server;
@@ -118,25 +118,12 @@ async fn handle(req: Request<Incoming>, gauge: Arc<Gauge>) -> Result<Response<Bo
 
 /// Starts the upstream.
 pub async fn start() -> (SocketAddr, Arc<Gauge>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let gauge = Arc::new(Gauge::default());
     let shared = Arc::clone(&gauge);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let gauge = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| handle(req, Arc::clone(&gauge)));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = super::serve_hyper(tower::service_fn(move |req| {
+        handle(req, Arc::clone(&shared))
+    }))
+    .await;
     (addr, gauge)
 }
 

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -28,13 +27,15 @@ pub async fn serve_axum(router: axum::Router) -> SocketAddr {
 }
 
 /// Serves a tower service with a plain hyper HTTP/1.1 server on a fresh loopback port.
-pub async fn serve_hyper<S>(service: S) -> SocketAddr
+pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
 where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -22,9 +22,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -127,8 +126,6 @@ async fn handle(req: Request<Incoming>, switch: Arc<Switch>) -> Result<Response<
 
 /// Starts the upstream, answering 200 with its gate closed.
 pub async fn start() -> (SocketAddr, Arc<Switch>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let switch = Arc::new(Switch {
         status: AtomicU16::new(200),
         gate: Semaphore::new(0),
@@ -137,21 +134,10 @@ pub async fn start() -> (SocketAddr, Arc<Switch>) {
         seen: Mutex::new(Vec::new()),
     });
     let shared = Arc::clone(&switch);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let switch = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| handle(req, Arc::clone(&switch)));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = super::serve_hyper(tower::service_fn(move |req| {
+        handle(req, Arc::clone(&shared))
+    }))
+    .await;
     (addr, switch)
 }
 
