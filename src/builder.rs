@@ -70,7 +70,9 @@ use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{
     ProxyClient, ProxyService, TrustedProxies, Upstream, UpstreamError, default_client,
 };
-use crate::rate_limit::{ClientKey, Quota, RateLimit, RateLimitLayer};
+use crate::rate_limit::{
+    Client, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
+};
 use crate::retry::{Retry, RetryBody, RetryLayer};
 use crate::route::{RouteError, Router};
 use crate::timeout::{RequestBody, Timeout, TimeoutLayer};
@@ -85,8 +87,10 @@ pub type GatewayResponse = Response<GatewayResponseBody>;
 /// A route's stack when it has no layers of the user's: with auth when it is on.
 pub type RouteStack<B> = Either<ApiKeyAuth<Policies<B>, Arc<KeySet>>, Policies<B>>;
 
-/// The policies inside auth: the rate limit when the route has one, then the rest.
-pub type Policies<B> = Either<RateLimit<Guarded<B>>, Guarded<B>>;
+/// The policies inside auth: the rate limit when the route has one (in-process, or in
+/// Redis when the builder has a [shared store](GatewayBuilder::rate_limit_store)), then the
+/// rest.
+pub type Policies<B> = Either<RateLimit<Guarded<B>, ClientKey, RouteStore<Client>>, Guarded<B>>;
 
 /// The circuit breaker when the route has one, then the rest.
 pub type Guarded<B> = Either<CircuitBreaker<Admitted<B>, SharedClassifier>, Admitted<B>>;
@@ -307,6 +311,8 @@ pub struct GatewayBuilder<B = Incoming> {
     trusted: TrustedProxies,
     correlation_header: HeaderName,
     client: Option<GatewayClient<B>>,
+    #[cfg(feature = "redis")]
+    shared_limits: Option<crate::rate_limit::RedisBackend>,
 }
 
 impl<B> fmt::Debug for GatewayBuilder<B> {
@@ -355,6 +361,16 @@ where
     /// Forwards over `client` instead of [`default_client`].
     pub fn client(mut self, client: GatewayClient<B>) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// Keeps every route's rate-limit budgets in Redis, shared with every other gateway
+    /// instance on the same Redis and key prefix, instead of in this process. Each route
+    /// counts under its own prefix as namespace. See [`rate_limit::redis`](crate::rate_limit::redis).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn rate_limit_store(mut self, redis: crate::rate_limit::RedisBackend) -> Self {
+        self.shared_limits = Some(redis);
         self
     }
 
@@ -410,11 +426,22 @@ where
                 None => Either::Right(admitted),
             };
             let policies = match route.rate_limit {
-                Some(quota) => Either::Left(
-                    RateLimitLayer::new(quota)
-                        .with_key(ClientKey::new().trusted_proxies(self.trusted.clone()))
+                Some(quota) => {
+                    #[cfg(feature = "redis")]
+                    let store: RouteStore<Client> = match &self.shared_limits {
+                        Some(redis) => redis.store(&prefix, quota).into(),
+                        None => LocalStore::new(quota).into(),
+                    };
+                    #[cfg(not(feature = "redis"))]
+                    let store: RouteStore<Client> = LocalStore::new(quota).into();
+                    Either::Left(
+                        RateLimitLayer::with_store(
+                            ClientKey::new().trusted_proxies(self.trusted.clone()),
+                            store,
+                        )
                         .layer(guarded),
-                ),
+                    )
+                }
                 None => Either::Right(guarded),
             };
             let stack = match &self.auth {
@@ -499,6 +526,8 @@ where
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
             client: None,
+            #[cfg(feature = "redis")]
+            shared_limits: None,
         }
     }
 }

@@ -37,8 +37,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The sections of the features still to come (`[admin]` and `[rate_limit_store]`) are parsed and checked, then refused with [`ConfigError::Unsupported`],
-//! so that a config never silently runs without a policy it asks for.
+//! `[rate_limit_store]` keeps every route's rate-limit budgets in Redis, shared by every
+//! instance on the same Redis and `key_prefix` (it needs the `redis` feature, on by
+//! default). The section of the feature still to come (`[admin]`) is parsed and checked,
+//! then refused with [`ConfigError::Unsupported`], so that a config never silently runs
+//! without a policy it asks for.
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
@@ -186,7 +189,7 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `[admin]`: the metrics and health listener. Not supported yet.
     pub admin: Option<AdminConfig>,
-    /// `[rate_limit_store]`: rate limits shared between instances. Not supported yet.
+    /// `[rate_limit_store]`: rate limits shared between instances, in Redis.
     pub rate_limit_store: Option<RateLimitStoreConfig>,
     /// `[[routes]]`, matched by longest prefix.
     #[serde(default)]
@@ -278,6 +281,10 @@ pub struct RateLimitStoreConfig {
     /// What to do when the store fails or is too slow (default `allow`).
     #[serde(default)]
     pub on_error: OnError,
+    /// The first part of every key (default `tower-gateway`): gateways that must not share
+    /// budgets use different prefixes on one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
 }
 
 /// `rate_limit_store.on_error`.
@@ -290,6 +297,9 @@ pub enum OnError {
     Allow,
     /// Fail closed: answer 503.
     Deny,
+    /// Decide in-process: each instance enforces the whole quota alone until the store is
+    /// back.
+    Local,
 }
 
 /// `[[routes]]`: a path prefix and where it goes.
@@ -521,7 +531,10 @@ impl Config {
     fn check_supported(&self) -> Result<(), ConfigError> {
         let sections = [
             ("admin", self.admin.is_some()),
-            ("rate_limit_store", self.rate_limit_store.is_some()),
+            (
+                "rate_limit_store",
+                self.rate_limit_store.is_some() && !cfg!(feature = "redis"),
+            ),
         ];
         if let Some(key) = first_set(&sections) {
             return Err(ConfigError::unsupported(key));
@@ -541,6 +554,10 @@ impl Config {
         let mut builder = Gateway::builder().trusted_proxies(trusted);
         if let Some(auth) = &self.auth {
             builder = builder.auth(auth.key_set()?, Some(auth.header.clone()));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.rate_limit_store {
+            builder = builder.rate_limit_store(store.backend()?);
         }
         for (i, route) in self.routes.iter().enumerate() {
             let mut target = route.anonymous.iter().fold(
@@ -659,7 +676,37 @@ impl RateLimitStoreConfig {
         if self.timeout.is_zero() {
             return Err(ConfigError::zero("rate_limit_store.timeout"));
         }
+        if self.key_prefix.is_empty() {
+            return Err(ConfigError::invalid(
+                "rate_limit_store.key_prefix",
+                "must not be empty",
+            ));
+        }
         Ok(())
+    }
+
+    /// The Redis backend this section describes (connected lazily: Redis may be down).
+    /// Call it inside a tokio runtime.
+    #[cfg(feature = "redis")]
+    pub fn backend(&self) -> Result<crate::rate_limit::RedisBackend, ConfigError> {
+        use crate::rate_limit::redis::RedisStoreError;
+        use crate::rate_limit::{OnStoreError, RedisBackend};
+        let on_error = match self.on_error {
+            OnError::Allow => OnStoreError::Allow,
+            OnError::Deny => OnStoreError::Deny,
+            OnError::Local => OnStoreError::Local,
+        };
+        RedisBackend::builder(self.url.as_str())
+            .timeout(self.timeout)
+            .on_error(on_error)
+            .key_prefix(self.key_prefix.as_str())
+            .connect()
+            .map_err(|error| match error {
+                RedisStoreError::Url { source, .. } => {
+                    ConfigError::invalid("rate_limit_store.url", source)
+                }
+                other => ConfigError::invalid("rate_limit_store", other),
+            })
     }
 }
 
@@ -780,6 +827,10 @@ fn default_timeout() -> Duration {
 
 fn default_store_timeout() -> Duration {
     Duration::from_millis(50)
+}
+
+fn default_key_prefix() -> String {
+    "tower-gateway".to_owned()
 }
 
 fn default_auth_header() -> HeaderName {
@@ -954,7 +1005,18 @@ base_delay = "100ms"
             }
             refused.push(key);
         }
-        assert_eq!(refused.len(), 2, "{refused:?}");
+        let expected: &[&str] = if cfg!(feature = "redis") {
+            &["admin"]
+        } else {
+            &["admin", "rate_limit_store"]
+        };
+        assert_eq!(refused, expected);
+        // The Redis connection is made lazily, on a runtime: nothing listens on 6379 here.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
         assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
         assert_eq!(
             Config::from_toml_str(FULL).unwrap_err().to_string(),

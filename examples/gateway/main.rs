@@ -166,8 +166,6 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let gateway = config.gateway_builder()?.build()?;
-
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -182,6 +180,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         tokio::runtime::Builder::new_multi_thread()
     };
     let runtime = runtime.enable_all().build()?;
+    // Inside the runtime: a shared rate-limit store keeps its Redis connection on it.
+    let gateway = {
+        let _entered = runtime.enter();
+        config.gateway_builder()?.build()?
+    };
 
     runtime.block_on(async {
         if args.config.is_none() {

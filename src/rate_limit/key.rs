@@ -247,6 +247,77 @@ impl KeyExtractor for GlobalKey {
     }
 }
 
+/// Writes a rate-limit key into a shared store's key name (a Redis key, say). Two different
+/// keys must write different bytes. Implemented for the crate's key types; implement it for
+/// your own [`KeyExtractor::Key`] to use it with a shared store.
+pub trait StoreKey {
+    /// Appends this key's bytes to `out`.
+    fn write_key(&self, out: &mut Vec<u8>);
+}
+
+impl StoreKey for Client {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        match self {
+            Client::Identity(identity) => {
+                out.extend_from_slice(b"id:");
+                identity.write_key(out);
+            }
+            Client::Ip(ip) => {
+                out.extend_from_slice(b"ip:");
+                ip.write_key(out);
+            }
+        }
+    }
+}
+
+impl StoreKey for Identity {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id().as_bytes());
+    }
+}
+
+impl StoreKey for IpAddr {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl StoreKey for HeaderValue {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl StoreKey for () {
+    fn write_key(&self, _out: &mut Vec<u8>) {}
+}
+
+impl StoreKey for String {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl StoreKey for bytes::Bytes {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl StoreKey for u64 {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.to_string().as_bytes());
+    }
+}
+
+impl<T: StoreKey + ?Sized> StoreKey for std::sync::Arc<T> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        (**self).write_key(out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

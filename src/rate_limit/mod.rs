@@ -12,7 +12,9 @@
 //! - **Store**: by default the in-process [`LocalStore`]: synchronous, lock-free per key,
 //!   idle keys evicted and the key count capped, so memory stays bounded under a flood of
 //!   distinct clients. A store shared by several gateway instances implements
-//!   [`RateLimitStore`] and may answer asynchronously.
+//!   [`RateLimitStore`] and may answer asynchronously: with the `redis` feature,
+//!   [`RedisStore`] keeps the budgets in Redis, so every instance
+//!   behind a load balancer spends from one (see [`redis`](mod@redis)).
 //! - **Headers** (draft-ietf-httpapi-ratelimit-headers), on every response of the layer,
 //!   the upstream's and its own: `RateLimit-Policy: "default";q=<requests>;w=<window s>` and
 //!   `RateLimit: "default";r=<requests left>;t=<seconds until the quota is whole>`. Turn
@@ -93,6 +95,9 @@
 mod future;
 mod key;
 mod layer;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod store;
 
 use std::fmt;
@@ -102,9 +107,14 @@ use std::time::Duration;
 pub use future::ResponseFuture;
 pub use key::{
     Client, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, RequestHead,
+    StoreKey,
 };
 pub use layer::{RateLimit, RateLimitLayer};
-pub use store::{Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore};
+#[cfg(feature = "redis")]
+pub use redis::{OnStoreError, RedisBackend, RedisStore};
+pub use store::{
+    BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore, RouteStore,
+};
 
 /// `requests` per `window`, with a burst of `requests`: a client may spend the whole
 /// quota at once, and gets one request back every `window / requests`.

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod gauge;
+pub mod redis;
 pub mod switch;
 pub mod upstream;
 
