@@ -22,7 +22,7 @@ use tower_gateway::rate_limit::{
 };
 
 use common::gauge::{self, Answer, HttpClient, client, fetch, serve_gateway};
-use common::redis::RedisServer;
+use common::redis::{RedisServer, Reply};
 
 /// The API keys every instance knows: `<id>-secret` for each id.
 fn keys() -> KeySet {
@@ -76,6 +76,14 @@ async fn instances(
         gateways.push((addr, backend));
     }
     (gateways, seen)
+}
+
+/// The milliseconds until `key` expires in Redis.
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    match redis.query(&["PTTL", key]) {
+        Reply::Integer(ttl) => ttl,
+        other => panic!("PTTL {key}: {other:?}"),
+    }
 }
 
 /// `r` of the response's `RateLimit` header.
@@ -217,8 +225,7 @@ async fn three_instances_admit_one_budget_under_ten_thousand_concurrent_requests
         "{}",
         redis.command(&["KEYS", "*"])
     );
-    let ttl = redis.command(&["PTTL", "test:/api:id:flood"]);
-    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    let ttl = pttl(&redis, "test:/api:id:flood");
     assert!(ttl > 0 && ttl <= 3_600_000, "PTTL {ttl}");
 }
 
@@ -362,8 +369,7 @@ async fn the_script_decides_like_the_local_store() {
         "{retry_after:?}"
     );
     assert!(reset <= Duration::from_secs(3) && reset > Duration::from_millis(2500));
-    let ttl = redis.command(&["PTTL", "test:unit:id:frank"]);
-    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    let ttl = pttl(&redis, "test:unit:id:frank");
     assert!(
         (2500..=3000).contains(&ttl),
         "the key expires when whole: {ttl}"
