@@ -826,11 +826,11 @@ fn default_timeout() -> Duration {
 }
 
 fn default_store_timeout() -> Duration {
-    Duration::from_millis(50)
+    crate::rate_limit::SHARED_TIMEOUT
 }
 
 fn default_key_prefix() -> String {
-    "tower-gateway".to_owned()
+    crate::rate_limit::SHARED_KEY_PREFIX.to_owned()
 }
 
 fn default_auth_header() -> HeaderName {

@@ -115,6 +115,8 @@ pub use redis::{OnStoreError, RedisBackend, RedisStore};
 pub use store::{
     BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore, RouteStore,
 };
+#[cfg(any(feature = "redis", feature = "config"))]
+pub(crate) use store::{SHARED_KEY_PREFIX, SHARED_TIMEOUT};
 
 /// `requests` per `window`, with a burst of `requests`: a client may spend the whole
 /// quota at once, and gets one request back every `window / requests`.

@@ -89,13 +89,17 @@ return {1, math.floor((now - allow_at) / period), math.ceil(next_tat - now)}
 ";
 
 /// The default per-decision timeout: 50 ms.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_TIMEOUT: Duration = super::SHARED_TIMEOUT;
 
 /// The default wait between probes of a Redis that failed: 250 ms.
 pub const DEFAULT_RECHECK: Duration = Duration::from_millis(250);
 
+/// The shortest time allowed for making a connection (and for a [`RedisBackend::ping`],
+/// which may have to make one), however short the per-decision timeout.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// The default key prefix: `tower-gateway`.
-pub const DEFAULT_KEY_PREFIX: &str = "tower-gateway";
+pub const DEFAULT_KEY_PREFIX: &str = super::SHARED_KEY_PREFIX;
 
 /// What a [`RedisStore`] decides when Redis fails or does not answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,7 +201,7 @@ impl RedisBackendBuilder {
         // bound how long a request waits, and the next probe reconnects.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.timeout))
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+            .set_connection_timeout(Some(self.timeout.max(MIN_CONNECT_TIMEOUT)))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
@@ -283,18 +287,13 @@ impl RedisBackend {
     /// startup that Redis is not there yet. Stores keep working either way.
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
         let mut conn = self.inner.conn.clone();
-        let reply = tokio::time::timeout(
-            self.inner.timeout.max(Duration::from_millis(250)),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
+        let wait = self.inner.timeout.max(MIN_CONNECT_TIMEOUT);
+        let reply =
+            tokio::time::timeout(wait, redis::cmd("PING").query_async::<String>(&mut conn)).await;
         match reply {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(self.unreachable(error.to_string())),
-            Err(_) => Err(self.unreachable(format!(
-                "no answer within {:?}",
-                self.inner.timeout.max(Duration::from_millis(250))
-            ))),
+            Err(_) => Err(self.unreachable(format!("no answer within {wait:?}"))),
         }
     }
 
@@ -534,10 +533,7 @@ where
     backend.health.fallbacks.fetch_add(1, Ordering::Relaxed);
     match (backend.on_error, local) {
         (OnStoreError::Deny, _) => Decision::Unavailable,
-        (OnStoreError::Local, Some(local)) => match local.check(key, usage) {
-            Check::Ready(decision) => decision,
-            Check::Pending(ready) => ready.into_inner(),
-        },
+        (OnStoreError::Local, Some(local)) => local.decide(key, usage),
         _ => Decision::Allow {
             remaining: 0,
             reset: Duration::ZERO,

@@ -85,6 +85,14 @@ impl<K, St: RateLimitStore<K>> RateLimitStore<K> for Arc<St> {
     }
 }
 
+/// A shared store's default per-decision timeout (the Redis store's, and the config's).
+#[cfg(any(feature = "redis", feature = "config"))]
+pub(crate) const SHARED_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// A shared store's default key prefix (the Redis store's, and the config's).
+#[cfg(any(feature = "redis", feature = "config"))]
+pub(crate) const SHARED_KEY_PREFIX: &str = "tower-gateway";
+
 /// The boxed decision of a store across the network.
 pub type BoxDecision = std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>;
 
@@ -140,10 +148,7 @@ where
     #[inline]
     fn check(&self, key: Option<&K>, usage: bool) -> Check<Self::Future> {
         match &self.0 {
-            RouteStoreInner::Local(store) => match store.check(key, usage) {
-                Check::Ready(decision) => Check::Ready(decision),
-                Check::Pending(ready) => Check::Ready(ready.into_inner()),
-            },
+            RouteStoreInner::Local(store) => Check::Ready(store.decide(key, usage)),
             #[cfg(feature = "redis")]
             RouteStoreInner::Redis(store) => store.check(key, usage),
         }
@@ -378,6 +383,20 @@ where
 
     #[inline]
     fn check(&self, key: Option<&K>, usage: bool) -> Check<Self::Future> {
+        Check::Ready(self.decide(key, usage))
+    }
+}
+
+impl<K, C> LocalStore<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    /// [`check`](RateLimitStore::check), synchronously: the local store always decides
+    /// at once.
+    #[inline]
+    pub fn decide(&self, key: Option<&K>, usage: bool) -> Decision {
         let outcome = match key {
             Some(key) => self.limiter.check_key(key),
             None => self.overflow.check(),
@@ -410,14 +429,14 @@ where
         if inner.sweep_due.load(Ordering::Relaxed) {
             self.maybe_sweep();
         }
-        Check::Ready(decision)
+        decision
     }
 }
 
 thread_local! {
     /// The theoretical arrival time a key's state last took on this thread. A decision and
     /// the read of this happen on one thread, one after the other, inside
-    /// [`LocalStore::check`], so it is that decision's: the usage of an `Allow` costs no
+    /// [`LocalStore::decide`], so it is that decision's: the usage of an `Allow` costs no
     /// second lookup and no snapshot when nobody asks for it.
     static LAST_TAT: StdCell<u64> = const { StdCell::new(0) };
 }

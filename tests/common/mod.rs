@@ -144,3 +144,29 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+/// The most requests one budget of `quota` admits in `elapsed`: the whole burst, plus one
+/// request per period that passed, plus the one in progress.
+pub fn budget_bound(
+    quota: tower_gateway::rate_limit::Quota,
+    elapsed: std::time::Duration,
+) -> usize {
+    quota.requests().get() as usize
+        + (elapsed.as_secs_f64() / quota.period().as_secs_f64()) as usize
+        + 1
+}
+
+/// Asserts that `admitted` requests of one client spent exactly one budget of `quota` in
+/// `elapsed`: at least the whole burst, and no more than [`budget_bound`].
+pub fn assert_one_budget(
+    admitted: usize,
+    quota: tower_gateway::rate_limit::Quota,
+    elapsed: std::time::Duration,
+) {
+    let burst = quota.requests().get() as usize;
+    assert!(admitted >= burst, "the whole burst is admitted: {admitted}");
+    assert!(
+        admitted <= budget_bound(quota, elapsed),
+        "{admitted} admitted in {elapsed:?}: more than one budget of {quota:?} allows"
+    );
+}
