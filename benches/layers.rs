@@ -27,6 +27,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_gateway::PeerAddr;
+use tower_gateway::extensions::HandBack;
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::bulkhead::BulkheadLayer;
 use tower_gateway::circuit_breaker::CircuitBreakerLayer;
@@ -122,6 +123,25 @@ impl Template {
         }
         req
     }
+}
+
+/// A terminal service that treats a request the way the proxy does before it hands it to
+/// the client: a request carrying a [`HandBack`] is sent as a copy of its head (the original
+/// header map, with a copy kept) and its parts are left in the `HandBack`; any other request
+/// is sent as it is.
+fn proxy_like<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
+    tower::service_fn(|mut req: Request<B>| {
+        if let Some(slot) = req.extensions_mut().remove::<HandBack>() {
+            let (mut parts, body) = req.into_parts();
+            let kept = parts.headers.clone();
+            let mut sent = Request::new(body);
+            *sent.method_mut() = parts.method.clone();
+            *sent.headers_mut() = std::mem::replace(&mut parts.headers, kept);
+            slot.put(parts);
+            req = sent;
+        }
+        upstream(black_box(req))
+    })
 }
 
 /// The least tower retry policy: keeps a copy of each request, never retries.
@@ -277,12 +297,25 @@ fn layers(c: &mut Criterion) {
             .layer(bare()),
     );
     // Retry on a GET that succeeds at once: the budget's deposit, the request copy kept for
-    // a retry (eight headers, the peer-address extension) and tower's retry future.
+    // a retry (eight headers, the peer-address extension) and the retry future: the layer
+    // alone, over a service that hands nothing back.
     overhead(
         &mut group,
         "retry_get",
         &template,
         RetryLayer::new(2).layer(bare()),
+    );
+    // Retry with `hand_back`, as the gateway runs it: over a terminal service that does what
+    // the proxy does with a request that carries a `HandBack` (keeps a copy of the headers,
+    // sends the original, leaves the parts), measured against that same service without
+    // retry, which moves the request on whole. So the row is everything retry costs a
+    // request in the gateway: its own work and the copy it asks of the proxy.
+    overhead_over(
+        &mut group,
+        "retry_get_hand_back",
+        &template,
+        proxy_like(),
+        RetryLayer::new(2).hand_back(true).layer(proxy_like()),
     );
     // tower's own `Retry` with the least policy that can retry a GET (it copies the request
     // before sending it, and never retries here): the floor any retry layer that keeps a

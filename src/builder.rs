@@ -403,7 +403,9 @@ where
             let retry = route
                 .retry
                 .unwrap_or_else(|| RetryLayer::new(0))
-                .with_classifier(route.classifier.clone());
+                .with_classifier(route.classifier.clone())
+                // The proxy at the end hands each request back: no copy kept for a retry.
+                .hand_back(true);
             let admitted =
                 bulkhead.layer(retry.layer(TimeoutLayer::new(route.timeout).layer(proxy)));
             let guarded = match route.circuit_breaker {

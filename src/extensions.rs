@@ -1,5 +1,6 @@
 //! Typed request extensions that several layers read: [`CorrelationId`], [`PeerAddr`] and
-//! [`Identity`].
+//! [`Identity`]; and [`HandBack`], through which the service at the end of a stack gives a
+//! retry the request it consumed.
 //!
 //! They live here, not in the layer that sets them, because concern modules never import each
 //! other: the rate limiter, the proxy and every rejection read them without depending on
@@ -8,9 +9,10 @@
 use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::HeaderValue;
+use http::request::Parts;
 
 /// The correlation ID of a request, as the
 /// [`CorrelationIdLayer`](crate::correlation_id::CorrelationIdLayer) put it in the request
@@ -228,6 +230,83 @@ impl fmt::Debug for UpgradeGuards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpgradeGuards")
             .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+/// A place where the service at the end of a stack leaves a request's head (method, URI,
+/// version, headers, extensions) after it has made the copy it sends, so that a retry above
+/// it can send the request again without keeping a copy of its own.
+///
+/// The protocol, between a layer that may send a request again and the service that
+/// consumes it:
+/// - The layer puts a `HandBack` into the request's extensions and keeps a clone.
+/// - The service, in `call` (synchronously, before its future is returned), removes the
+///   `HandBack` from the extensions, sends a copy of what it needs and
+///   [puts](Self::put) the request's original parts into it.
+/// - When the answer calls for another attempt, the layer [takes](Self::take) the parts
+///   back; when nothing was put, the request is not sent again.
+///
+/// The [`ProxyService`](crate::proxy::ProxyService) hands requests back, and a
+/// [`RetryLayer`](crate::retry::RetryLayer) set to
+/// [`hand_back`](crate::retry::RetryLayer::hand_back) relies on it (the gateway builder sets
+/// that). A request that must be kept anyway costs one header-map copy either way; this way
+/// the copy is the one that is sent, and the extensions are moved, never cloned.
+///
+/// ```
+/// use tower_gateway::extensions::HandBack;
+///
+/// let slot = HandBack::new();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(slot.clone());
+///
+/// // The service at the end of the stack:
+/// let back = req.extensions_mut().remove::<HandBack>().unwrap();
+/// let (parts, ()) = req.into_parts();
+/// let sent = http::Request::builder().uri(parts.uri.clone()).body(()).unwrap();
+/// back.put(parts);
+/// # drop(sent);
+///
+/// // The layer above, when the attempt failed:
+/// let again = http::Request::from_parts(slot.take().unwrap(), ());
+/// # drop(again);
+/// ```
+#[derive(Clone, Default)]
+pub struct HandBack(Arc<Mutex<Option<Parts>>>);
+
+impl HandBack {
+    /// An empty place.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves `parts` for the layer that put this `HandBack` in the request, replacing what
+    /// was left before. Put parts without this `HandBack` in their extensions: parts that
+    /// hold their own `HandBack` keep each other alive until someone takes them.
+    pub fn put(&self, parts: Parts) {
+        *self.lock() = Some(parts);
+    }
+
+    /// Takes what was left, if anything.
+    pub fn take(&self) -> Option<Parts> {
+        self.lock().take()
+    }
+
+    /// Whether something was left.
+    pub fn is_filled(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Parts>> {
+        // Nothing panics while holding it; a poisoned slot still holds whole parts.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for HandBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandBack")
+            .field("filled", &self.is_filled())
             .finish()
     }
 }

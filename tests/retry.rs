@@ -31,6 +31,8 @@ struct Seen {
     method: Method,
     body: Bytes,
     correlation_id: Option<String>,
+    /// The request target and every header, as the upstream received them.
+    head: String,
 }
 
 /// An upstream that answers the `n`th request (from 0) with `script(n)`: a status and a
@@ -53,6 +55,15 @@ impl Upstream {
             let script = script.clone();
             async move {
                 let method = req.method().clone();
+                let head = format!("{} {}\n{}", req.method(), req.uri(), {
+                    let mut headers: Vec<String> = req
+                        .headers()
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                        .collect();
+                    headers.sort();
+                    headers.join("\n")
+                });
                 let correlation_id = req
                     .headers()
                     .get("x-correlation-id")
@@ -64,6 +75,7 @@ impl Upstream {
                         method,
                         body,
                         correlation_id,
+                        head,
                     });
                     seen.len() - 1
                 };
@@ -145,6 +157,52 @@ async fn a_get_to_an_always_500_upstream_reaches_it_three_times_and_gets_the_500
     for seen in up.seen() {
         assert_eq!(seen.method, Method::GET);
         assert_eq!(seen.correlation_id.as_deref(), Some("retry-test"));
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_sends_the_same_head() {
+    // The proxy hands each attempt's request back to the retry rather than the retry keeping
+    // a copy: the head that comes back must be the client's, not the one the proxy sent
+    // (whose X-Forwarded-For already had the peer appended and whose Host is the upstream's).
+    let up = Upstream::always(503).await;
+    let gw =
+        serve_gateway(Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))))
+            .await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{gw}/api/items?page=2&sort=desc"))
+        .header("x-correlation-id", "same-head")
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("accept", "application/json")
+        .header("x-custom", "kept")
+        .body(Full::default())
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    let first = &seen[0].head;
+    assert!(
+        first.starts_with("GET /items?page=2&sort=desc\n"),
+        "{first}"
+    );
+    for line in [
+        "accept: application/json",
+        "x-correlation-id: same-head",
+        "x-custom: kept",
+        "x-forwarded-for: 198.51.100.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        &format!("host: {}", up.addr),
+        &format!("x-forwarded-host: {gw}"),
+    ] {
+        assert!(
+            first.lines().any(|l| l == line),
+            "{line:?} missing in\n{first}"
+        );
+    }
+    for (n, attempt) in seen.iter().enumerate().skip(1) {
+        assert_eq!(&attempt.head, first, "attempt {n}");
     }
 }
 

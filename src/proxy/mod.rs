@@ -20,6 +20,11 @@
 //!   drops the upstream request, and the client closes that upstream connection.
 //! - **Upgrades**: when the client asks for an upgrade (a WebSocket) and the upstream answers
 //!   `101`, the two upgraded connections are joined into a two-way tunnel.
+//! - **Retries**: a request that carries a [`HandBack`](crate::extensions::HandBack) (a
+//!   [`RetryLayer`](crate::retry::RetryLayer) set to
+//!   [`hand_back`](crate::retry::RetryLayer::hand_back) puts one there) is sent as a copy of
+//!   its head, and its own parts are left in the `HandBack`, so the retry can send it again
+//!   without keeping a copy of its own. Upgrades are never handed back.
 //!
 //! # Example
 //! ```no_run

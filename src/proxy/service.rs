@@ -25,7 +25,7 @@ use super::error::ProxyError;
 use super::forward::{TrustedProxies, set_forwarding_headers};
 use super::upgrade;
 use crate::body::GatewayBody;
-use crate::extensions::{CorrelationId, PeerAddr, UpgradeGuards};
+use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with.
@@ -251,6 +251,14 @@ where
             return ResponseFuture::answer(rejection.into_response());
         };
         let peer = req.extensions().get::<PeerAddr>().copied();
+        let hand_back = req.extensions_mut().remove::<HandBack>();
+        let client_upgrade = upgrade::wants_upgrade(req.headers()).then(|| {
+            let guards = req.extensions_mut().remove::<UpgradeGuards>();
+            (hyper::upgrade::on(&mut req), guards.unwrap_or_default())
+        });
+        if let Some(slot) = hand_back.filter(|_| client_upgrade.is_none()) {
+            req = hand_back_parts(req, &slot);
+        }
         set_forwarding_headers(
             req.headers_mut(),
             peer,
@@ -258,10 +266,6 @@ where
             &inner.proto,
             &inner.trusted,
         );
-        let client_upgrade = upgrade::wants_upgrade(req.headers()).then(|| {
-            let guards = req.extensions_mut().remove::<UpgradeGuards>();
-            (hyper::upgrade::on(&mut req), guards.unwrap_or_default())
-        });
         *req.uri_mut() = uri;
         // HTTP/1.1 upstream whatever the client spoke, so the pooled connection stays alive.
         *req.version_mut() = Version::HTTP_11;
@@ -273,6 +277,21 @@ where
             },
         }
     }
+}
+
+/// Puts `req`'s parts into `slot` for the layer that asked for them (a retry) and returns
+/// what is sent instead: the same method, headers and body, with no extensions (the client
+/// reads none). The original header map, with the spare room the server's parser left, is
+/// the one sent and grown by the forwarding headers; the kept copy is exactly as large as it
+/// needs to be.
+fn hand_back_parts<B>(req: Request<B>, slot: &HandBack) -> Request<B> {
+    let (mut parts, body) = req.into_parts();
+    let kept = parts.headers.clone();
+    let mut sent = Request::new(body);
+    *sent.method_mut() = parts.method.clone();
+    *sent.headers_mut() = std::mem::replace(&mut parts.headers, kept);
+    slot.put(parts);
+    sent
 }
 
 pin_project! {

@@ -44,6 +44,7 @@ impl RetryLayer {
                 replay_limit: DEFAULT_REPLAY_LIMIT,
                 budget: Arc::new(RetryBudget::default()),
                 classifier: Arc::new(ServerErrors),
+                hand_back: false,
             },
         }
     }
@@ -114,8 +115,23 @@ impl<C> RetryLayer<C> {
                 replay_limit: s.replay_limit,
                 budget: s.budget,
                 classifier: Arc::new(classifier),
+                hand_back: s.hand_back,
             },
         }
+    }
+
+    /// Relies on the service inside to hand each request's head back through a
+    /// [`HandBack`](crate::extensions::HandBack) instead of keeping a copy of it (default
+    /// off: a copy of the method, URI, headers and extensions is made before each attempt
+    /// that may be followed by another).
+    ///
+    /// Turn it on only when the service inside hands requests back, as the
+    /// [`ProxyService`](crate::proxy::ProxyService) does (the gateway builder turns it on):
+    /// a request whose head does not come back is not retried. It saves the copy of the
+    /// extensions and sends the copy of the headers that the proxy has to make anyway.
+    pub fn hand_back(mut self, on: bool) -> Self {
+        self.settings.hand_back = on;
+        self
     }
 
     /// The most retries per request.
@@ -149,19 +165,17 @@ impl<S, C> Layer<S> for RetryLayer<C> {
     type Service = Retry<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let settings = Arc::new(self.settings.clone());
         Retry {
-            inner: tower::retry::Retry::new(RetryPolicy::new(Arc::clone(&settings)), inner),
-            settings,
+            inner,
+            settings: Arc::new(self.settings.clone()),
         }
     }
 }
 
-/// Service of [`RetryLayer`]: tower's [`Retry`](tower::retry::Retry) driven by a
-/// [`RetryPolicy`], behind a check that sends requests that are never retried straight
-/// through.
+/// Service of [`RetryLayer`]: sends each request on, and again while a [`RetryPolicy`] says
+/// so; requests that are never retried go straight through.
 pub struct Retry<S, C = ServerErrors> {
-    inner: tower::retry::Retry<RetryPolicy<C>, S>,
+    inner: S,
     settings: Arc<Settings<C>>,
 }
 
@@ -177,7 +191,7 @@ impl<S: Clone, C> Clone for Retry<S, C> {
 impl<S: fmt::Debug, C> fmt::Debug for Retry<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
-            .field("inner", self.inner.get_ref())
+            .field("inner", &self.inner)
             .field("settings", &self.settings)
             .finish()
     }
@@ -193,17 +207,17 @@ impl<S> Retry<S> {
 impl<S, C> Retry<S, C> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.inner.get_ref()
+        &self.inner
     }
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
-        self.inner.get_mut()
+        &mut self.inner
     }
 
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
-        self.inner.into_inner()
+        self.inner
     }
 
     /// The budget retries are spent from.
@@ -233,13 +247,22 @@ where
             self.settings.budget.deposit();
         }
         if self.settings.retries(&req) {
-            let limit = self.settings.replay_limit;
-            let req = req.map(|body| RetryBody::replayable(body, limit));
-            ResponseFuture::retrying(self.inner.call(req))
-        } else {
-            // Never retried: no copy of the request, and the inner service polled ready is
-            // the one called.
-            ResponseFuture::direct(self.inner.get_mut().call(req.map(RetryBody::direct)))
+            let req = req.map(|body| RetryBody::replayable(body, self.settings.replay_limit));
+            if req.body().is_replayable() {
+                // The service polled ready sends the first attempt; a clone waits for the
+                // others, and is polled ready before each.
+                let service = self.inner.clone();
+                return ResponseFuture::retrying(
+                    &mut self.inner,
+                    service,
+                    RetryPolicy::new(Arc::clone(&self.settings)),
+                    self.settings.hand_back,
+                    req,
+                );
+            }
+            return ResponseFuture::direct(self.inner.call(req));
         }
+        // Never retried: no copy of the request, nothing kept.
+        ResponseFuture::direct(self.inner.call(req.map(RetryBody::direct)))
     }
 }

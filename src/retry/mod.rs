@@ -22,9 +22,19 @@
 //!   streams whole, but the request is not retried. Nothing is buffered before the first
 //!   attempt.
 //!
-//! The retry loop is tower's [`Retry`](tower::retry::Retry) with a [`RetryPolicy`]; the
-//! budget is our own, lock-free (tower's takes a lock on every request). The inner service is
-//! cloned per retried request and polled ready before every attempt.
+//! - **What is kept**: a request that may be retried needs its head (method, URI, headers,
+//!   extensions) again for the next attempt. By default the layer copies it before each
+//!   attempt that may be followed by another. With [`hand_back`](RetryLayer::hand_back)
+//!   (the gateway builder's setting) it copies nothing: the service inside, the
+//!   [`ProxyService`](crate::proxy::ProxyService), sends a copy of the headers and hands the
+//!   original head back through a [`HandBack`](crate::extensions::HandBack), so the
+//!   extensions are moved rather than cloned and the one header copy is the one sent.
+//!
+//! The decisions are a [`RetryPolicy`], which also works as a tower
+//! [`Policy`](tower::retry::Policy) in tower's own [`Retry`](tower::retry::Retry); the layer
+//! runs its own loop so that it can take the head back instead of copying it. The budget is
+//! our own, lock-free (tower's takes a lock on every request). The inner service is cloned
+//! per request that may be retried and polled ready before every attempt after the first.
 //!
 //! # Example
 //! ```
@@ -182,6 +192,101 @@ mod tests {
 
     async fn text(res: Response<Body>) -> String {
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Marker(u32);
+
+    /// Per attempt: the marker extension it arrived with, and how many `x-sent` headers.
+    type Arrivals = Arc<Mutex<Vec<(Option<Marker>, usize)>>>;
+
+    /// In front of `inner`, what the proxy does with a request that carries a `HandBack`:
+    /// sends a copy of its head (here with a header of its own added, as the proxy adds the
+    /// forwarding headers) and leaves the original parts in the `HandBack`. Records the
+    /// marker extension and the `x-sent` headers each attempt arrived with.
+    fn handing_back<S>(
+        inner: S,
+        arrived: Arrivals,
+    ) -> impl tower::Service<
+        Request<RetryBody<Body>>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    where
+        S: tower::Service<
+                Request<RetryBody<Body>>,
+                Response = Response<Body>,
+                Error = Infallible,
+                Future: Send,
+            > + Clone
+            + Send,
+    {
+        service_fn(move |mut req: Request<RetryBody<Body>>| {
+            arrived.lock().unwrap().push((
+                req.extensions().get::<Marker>().cloned(),
+                req.headers().get_all("x-sent").iter().count(),
+            ));
+            if let Some(slot) = req.extensions_mut().remove::<crate::extensions::HandBack>() {
+                let (parts, body) = req.into_parts();
+                let mut sent = Request::new(body);
+                *sent.uri_mut() = parts.uri.clone();
+                *sent.headers_mut() = parts.headers.clone();
+                slot.put(parts);
+                req = sent;
+            }
+            req.headers_mut().append("x-sent", "1".parse().unwrap());
+            inner.clone().oneshot(req)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_hand_back_each_attempt_is_the_request_handed_back() {
+        let upstream = Scripted::new(&[500, 502, 200]);
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let svc = RetryLayer::new(3)
+            .hand_back(true)
+            .layer(handing_back(upstream.service(), arrived.clone()));
+        let mut req = request(Method::GET, "");
+        req.extensions_mut().insert(Marker(7));
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(upstream.hits(), 3);
+        // Every attempt has the client's extensions (moved, not copied) and none of what an
+        // earlier attempt added to the head it sent.
+        assert_eq!(*arrived.lock().unwrap(), vec![(Some(Marker(7)), 0); 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_hand_back_a_request_not_handed_back_is_not_retried() {
+        let upstream = Scripted::new(&[500]);
+        let svc = RetryLayer::new(2).hand_back(true).layer(upstream.service());
+        let res = svc.oneshot(request(Method::GET, "")).await.unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(upstream.hits(), 1, "nothing came back to send again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_hand_back_the_last_attempt_asks_for_nothing_back() {
+        let upstream = Scripted::new(&[500]);
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let seen_slot = Arc::new(Mutex::new(Vec::new()));
+        let record = seen_slot.clone();
+        let inner = handing_back(upstream.service(), arrived);
+        let svc = RetryLayer::new(1).hand_back(true).layer(service_fn(
+            move |req: Request<RetryBody<Body>>| {
+                record.lock().unwrap().push(
+                    req.extensions()
+                        .get::<crate::extensions::HandBack>()
+                        .is_some(),
+                );
+                inner.clone().oneshot(req)
+            },
+        ));
+        let res = svc.oneshot(request(Method::GET, "")).await.unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(*seen_slot.lock().unwrap(), vec![true, false]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,6 +36,8 @@ pub(super) struct Settings<C> {
     pub(super) replay_limit: usize,
     pub(super) budget: Arc<RetryBudget>,
     pub(super) classifier: Arc<C>,
+    /// The service inside hands request heads back (see `RetryLayer::hand_back`).
+    pub(super) hand_back: bool,
 }
 
 impl<C> Clone for Settings<C> {
@@ -58,6 +60,7 @@ impl<C> fmt::Debug for Settings<C> {
             .field("methods", &self.method_names())
             .field("replay_limit", &self.replay_limit)
             .field("budget", &self.budget)
+            .field("hand_back", &self.hand_back)
             .finish_non_exhaustive()
     }
 }
@@ -185,26 +188,25 @@ impl<C> fmt::Debug for RetryPolicy<C> {
     }
 }
 
-impl<C, B, ResB, E> tower::retry::Policy<Request<RetryBody<B>>, Response<ResB>, E>
-    for RetryPolicy<C>
-where
-    C: FailureClassifier,
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    type Future = Pin<Box<Sleep>>;
+/// A failed attempt that may be retried, as far as its answer tells.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Failure {
+    /// The status of the failed answer; `None` for an error of the inner service.
+    status: Option<u16>,
+    /// The wait the upstream asked for in `Retry-After`, within the cap.
+    asked: Option<Duration>,
+}
 
-    fn retry(
-        &mut self,
-        req: &mut Request<RetryBody<B>>,
-        result: &mut Result<Response<ResB>, E>,
-    ) -> Option<Self::Future> {
+impl<C: FailureClassifier> RetryPolicy<C> {
+    /// Whether the answer to an attempt calls for another one: a failure by the classifier
+    /// (never a `4xx`) or an error, with retries left and no `Retry-After` beyond the cap.
+    pub(super) fn failed<ResB, E>(&self, result: &Result<Response<ResB>, E>) -> Option<Failure> {
         let settings = &*self.settings;
         let (status, asked) = match result {
             Ok(res) => {
                 // Never a 4xx, whatever the classifier counts for the circuit breaker.
                 if res.status().is_client_error()
-                    || !settings.classifier.is_failure(&ResponseHead::from(&*res))
+                    || !settings.classifier.is_failure(&ResponseHead::from(res))
                 {
                     return None;
                 }
@@ -225,42 +227,84 @@ where
                 return None;
             }
         }
-        if !req.body().claim() {
+        Some(Failure { status, asked })
+    }
+
+    /// Whether the request whose attempt failed is sent again, with `body`: the wait before
+    /// it when the body can be sent whole and the budget has a retry left (which this takes).
+    pub(super) fn admit<B: Body>(
+        &mut self,
+        failure: Failure,
+        body: &RetryBody<B>,
+        path: &str,
+    ) -> Option<Duration> {
+        let Failure { status, asked } = failure;
+        if !body.claim() {
             tracing::debug!(
                 status,
                 "not retrying: the request body cannot be sent again"
             );
             return None;
         }
-        if !settings.budget.withdraw() {
+        if !self.settings.budget.withdraw() {
             tracing::debug!(status, "not retrying: the retry budget is spent");
             return None;
         }
         self.attempts += 1;
-        let wait = asked.unwrap_or_else(|| settings.backoff(self.attempts));
+        let wait = asked.unwrap_or_else(|| self.settings.backoff(self.attempts));
         tracing::debug!(
             retry.attempt = self.attempts,
             status,
             wait = ?wait,
-            path = req.uri().path(),
+            path,
             "retrying"
         );
+        Some(wait)
+    }
+
+    /// Whether another attempt may follow the coming one.
+    pub(super) fn has_retries_left(&self) -> bool {
+        self.attempts < self.settings.max_retries
+    }
+}
+
+impl<C, B, ResB, E> tower::retry::Policy<Request<RetryBody<B>>, Response<ResB>, E>
+    for RetryPolicy<C>
+where
+    C: FailureClassifier,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Future = Pin<Box<Sleep>>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<RetryBody<B>>,
+        result: &mut Result<Response<ResB>, E>,
+    ) -> Option<Self::Future> {
+        let failure = self.failed(result)?;
+        let wait = self.admit(failure, req.body(), req.uri().path())?;
         Some(Box::pin(tokio::time::sleep(wait)))
     }
 
     fn clone_request(&mut self, req: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
-        if self.attempts >= self.settings.max_retries {
+        if !self.has_retries_left() {
             return None;
         }
         let body = req.body().try_clone()?;
-        let mut clone = Request::new(body);
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        *clone.extensions_mut() = req.extensions().clone();
-        Some(clone)
+        Some(Request::from_parts(copy_parts(req), body))
     }
+}
+
+/// A copy of `req`'s method, URI, version, headers and extensions.
+pub(super) fn copy_parts<B>(req: &Request<B>) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = req.method().clone();
+    parts.uri = req.uri().clone();
+    parts.version = req.version();
+    parts.headers = req.headers().clone();
+    parts.extensions = req.extensions().clone();
+    parts
 }
 
 #[cfg(test)]
@@ -278,6 +322,7 @@ mod tests {
             replay_limit: 64 * 1024,
             budget: Arc::new(RetryBudget::default()),
             classifier: Arc::new(ServerErrors),
+            hand_back: false,
         }
     }
 
