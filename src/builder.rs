@@ -4,7 +4,9 @@
 //! ```text
 //!  request ─▶ CorrelationId   keeps or makes X-Correlation-Id; every answer below carries it
 //!             HopByHop        neither side sees the other's connection headers
+//!             RequestSpan     a tracing span per request and an access-log event per answer
 //!             Router          404 / 400 before any policy: no token spent, no breaker touched
+//!             ├─ Metrics      (feature `metrics`) the route's requests, rejections, latency
 //!             ├─ your route layers (Route::layer), outermost first
 //!             ApiKeyAuth      when auth is on: 401 / 403 before any limit is spent
 //!             RateLimit       per client (identity, else address): 429 + Retry-After
@@ -63,6 +65,8 @@ use tower::{Layer, Service};
 use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
+#[cfg(feature = "metrics")]
+use crate::circuit_breaker::BreakerState;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, FailureRate};
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
@@ -76,6 +80,7 @@ use crate::rate_limit::{
 use crate::retry::{Retry, RetryBody, RetryLayer};
 use crate::route::{RouteError, Router};
 use crate::timeout::{RequestBody, Timeout, TimeoutLayer};
+use crate::trace::{RequestSpan, RequestSpanLayer};
 
 /// The body of every gateway response: the upstream's stream or the gateway's own answer,
 /// holding the route's bulkhead slot until it ends.
@@ -111,8 +116,12 @@ pub type GatewayClient<B> = ProxyClient<Forwarded<B>>;
 /// A route's stack with the user's layers around it, type-erased.
 pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
 
+/// A route's stack, behind its metrics when the feature is on.
+#[cfg(feature = "metrics")]
+type RouteService<B> = crate::metrics::Metrics<Either<RouteStack<B>, BoxRoute<B>>>;
+#[cfg(not(feature = "metrics"))]
 type RouteService<B> = Either<RouteStack<B>, BoxRoute<B>>;
-type Stack<B> = SetCorrelationId<HopByHop<Router<RouteService<B>>>>;
+type Stack<B> = SetCorrelationId<HopByHop<RequestSpan<Router<RouteService<B>>>>>;
 type WrapFn<B> = Arc<dyn Fn(BoxRoute<B>) -> BoxRoute<B> + Send + Sync>;
 
 /// The default per-attempt timeout: 30 s.
@@ -396,10 +405,20 @@ where
                 })?;
             let proxy =
                 ProxyService::new(client.clone(), upstreams).trusted_proxies(self.trusted.clone());
+            #[cfg(feature = "metrics")]
+            let proxy = proxy.upstream_duration(::metrics::histogram!(
+                crate::metrics::UPSTREAM_DURATION,
+                "route" => prefix.clone(),
+            ));
             let bulkhead = match route.bulkhead {
                 Some(max) => BulkheadLayer::new(max),
                 None => BulkheadLayer::unlimited(),
             };
+            #[cfg(feature = "metrics")]
+            let bulkhead = bulkhead.in_flight_gauge(::metrics::gauge!(
+                crate::metrics::BULKHEAD_IN_FLIGHT,
+                "route" => prefix.clone(),
+            ));
             let retry = route
                 .retry
                 .unwrap_or_else(|| RetryLayer::new(0))
@@ -418,6 +437,17 @@ where
                             CircuitBreakerLayer::new(threshold, cooldown)
                         }
                         Trip::Rate(policy) => CircuitBreakerLayer::failure_rate(policy, cooldown),
+                    };
+                    #[cfg(feature = "metrics")]
+                    let breaker = {
+                        let gauge = ::metrics::gauge!(
+                            crate::metrics::CIRCUIT_BREAKER_STATE,
+                            "route" => prefix.clone(),
+                        );
+                        gauge.set(crate::metrics::breaker_state_value(BreakerState::Closed));
+                        breaker.on_state_change(move |transition| {
+                            gauge.set(crate::metrics::breaker_state_value(transition.to));
+                        })
                     };
                     Either::Left(
                         breaker
@@ -476,6 +506,8 @@ where
                     .fold(BoxCloneSyncService::new(stack), |inner, wrap| wrap(inner));
                 Either::Right(boxed)
             };
+            #[cfg(feature = "metrics")]
+            let service = crate::metrics::MetricsLayer::new(prefix.clone()).layer(service);
             router = router.route(prefix, route.strip_prefix, service);
         }
         let router = router.build()?;
@@ -484,7 +516,7 @@ where
             .layer(
                 HopByHopLayer::new()
                     .protect(self.correlation_header)
-                    .layer(router),
+                    .layer(RequestSpanLayer::new().layer(router)),
             );
         Ok(Gateway { inner })
     }
@@ -508,7 +540,7 @@ impl<B> Clone for Gateway<B> {
 
 impl<B> fmt::Debug for Gateway<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let router = self.inner.get_ref().get_ref();
+        let router = self.inner.get_ref().get_ref().get_ref();
         f.debug_struct("Gateway")
             .field("routes", &router.prefixes().collect::<Vec<_>>())
             .finish_non_exhaustive()

@@ -101,6 +101,9 @@ use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 struct Limit {
     max: usize,
     permits: Arc<Semaphore>,
+    /// Follows the slots in use, when set.
+    #[cfg(feature = "metrics")]
+    gauge: Option<::metrics::Gauge>,
 }
 
 impl Limit {
@@ -110,13 +113,24 @@ impl Limit {
         Self {
             max,
             permits: Arc::new(Semaphore::new(max)),
+            #[cfg(feature = "metrics")]
+            gauge: None,
         }
     }
 
     /// A slot, if one is free; never waits.
-    fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+    fn try_admit(&self) -> Option<Permit> {
         // The semaphore is never closed, so an error always means "no slot free".
-        Arc::clone(&self.permits).try_acquire_owned().ok()
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        #[cfg(feature = "metrics")]
+        if let Some(gauge) = &self.gauge {
+            gauge.increment(1.0);
+        }
+        Some(Permit {
+            _permit: permit,
+            #[cfg(feature = "metrics")]
+            gauge: self.gauge.clone(),
+        })
     }
 
     fn in_flight(&self) -> usize {
@@ -177,6 +191,19 @@ impl<R> BulkheadLayer<R> {
     /// How many requests may be in flight at once; `None` when there is no limit.
     pub fn max_concurrent(&self) -> Option<usize> {
         max_concurrent(self.limit.as_ref())
+    }
+
+    /// Keeps `gauge` at the number of slots in use (the builder's is
+    /// `gateway_bulkhead_in_flight{route}`); a layer without a limit leaves it alone. Set
+    /// it before the layer is used.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn in_flight_gauge(mut self, gauge: ::metrics::Gauge) -> Self {
+        if let Some(limit) = &mut self.limit {
+            gauge.set(limit.in_flight() as f64);
+            limit.gauge = Some(gauge);
+        }
+        self
     }
 
     /// How many requests are in flight now, across every clone of this layer and its services
@@ -390,8 +417,25 @@ pin_project! {
 /// A request's slot: its own, or shared with the tunnel it may become (see
 /// [`UpgradeGuards`]).
 enum Slot {
-    Owned(#[allow(dead_code, reason = "held for its drop")] OwnedSemaphorePermit),
-    Shared(#[allow(dead_code, reason = "held for its drop")] Arc<OwnedSemaphorePermit>),
+    Owned(#[allow(dead_code, reason = "held for its drop")] Permit),
+    Shared(#[allow(dead_code, reason = "held for its drop")] Arc<Permit>),
+}
+
+/// One slot of a bulkhead, given back when dropped.
+struct Permit {
+    _permit: OwnedSemaphorePermit,
+    /// The in-flight gauge to take this slot off when it is given back.
+    #[cfg(feature = "metrics")]
+    gauge: Option<::metrics::Gauge>,
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.decrement(1.0);
+        }
+    }
 }
 
 impl<B> ResponseBody<B> {

@@ -19,10 +19,12 @@
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
 //! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
 //! | [`builder`] | [`Gateway`](builder::Gateway): routes and layers composed in the contract's order, one `Clone` service |
+//! | [`trace`] | [`RequestSpanLayer`](trace::RequestSpanLayer): a tracing span per request (correlation ID, method, path, route, status, latency) and one access-log event per answer |
 //! | [`server`] | [`Server`](server::Server): a hardened HTTP/1.1 server with graceful shutdown |
 //! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
+//! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) and the gateway's metric names: requests, latency, rejections, retries, bulkhead and breaker state through the `metrics` facade (feature `metrics`) |
 //! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (shared by the circuit breaker and retry) |
 //! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
@@ -60,7 +62,8 @@
 //! # Features
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
 //! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`, `proxy` for the
-//! proxy, router, builder and server, `config`), all on by default through `full`. The
+//! proxy, router, builder and server, `config`, `redis` for shared rate limits, `metrics`),
+//! all on by default through `full`. The
 //! [`rejection`], [`body`], [`classify`] and [`extensions`] modules are always present.
 //!
 //! [tower]: https://docs.rs/tower
@@ -106,6 +109,10 @@ pub mod route;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod server;
 
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod trace;
+
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
@@ -129,6 +136,10 @@ pub mod circuit_breaker;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 pub use extensions::{CorrelationId, Identity, PeerAddr};
 pub use rejection::{Rejection, RejectionKind};

@@ -194,6 +194,40 @@ impl RejectionKind {
     fn default_detail(self) -> &'static str {
         self.info().3
     }
+
+    /// Every value [`reason`](Self::reason) takes.
+    pub const REASONS: [&'static str; 9] = [
+        "bad_request",
+        "auth",
+        "no_route",
+        "rate_limit",
+        "bulkhead",
+        "headers_too_large",
+        "upstream",
+        "circuit_breaker",
+        "timeout",
+    ];
+
+    /// Why the gateway answered, in the words of metrics and logs: `auth` (401 and 403),
+    /// `rate_limit`, `bulkhead`, `circuit_breaker`, `timeout`, `upstream` (502 and 503
+    /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`.
+    pub const fn reason(self) -> &'static str {
+        Self::REASONS[self.reason_index()]
+    }
+
+    pub(crate) const fn reason_index(self) -> usize {
+        match self {
+            Self::BadRequest => 0,
+            Self::Unauthorized | Self::Forbidden => 1,
+            Self::NotFound => 2,
+            Self::RateLimited => 3,
+            Self::ConcurrencyLimited => 4,
+            Self::RequestHeaderFieldsTooLarge => 5,
+            Self::BadGateway | Self::ServiceUnavailable => 6,
+            Self::CircuitOpen => 7,
+            Self::GatewayTimeout => 8,
+        }
+    }
 }
 
 const TYPE_URI_BASE: &str =

@@ -290,6 +290,16 @@ fn strip(uri: &Uri, prefix: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// Counts a request the router answers itself (with the `metrics` feature:
+/// `gateway_requests_total` and `gateway_rejections_total` with `route=""`).
+#[inline]
+fn unrouted<B>(req: &Request<B>, rejection: &Rejection) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::record_unrouted(req.method(), rejection);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (req, rejection);
+}
+
 impl<S, R, ReqB, ResB> Service<Request<ReqB>> for Router<S, R>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
@@ -311,16 +321,19 @@ where
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request target must be an absolute path")
                 .for_request(&req);
+            unrouted(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         }
         if has_dot_dot(path) {
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request path has a `..` segment")
                 .for_request(&req);
+            unrouted(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         }
         let Some(index) = self.find(path) else {
             let rejection = Rejection::new(RejectionKind::NotFound).for_request(&req);
+            unrouted(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         };
         let entry = &self.routes[index];
@@ -332,6 +345,7 @@ where
                 }
                 None => false,
             };
+        crate::trace::record_route(&entry.prefix);
         req.extensions_mut()
             .insert(MatchedRoute::new(Arc::clone(&entry.prefix), stripped));
         ResponseFuture::route(Oneshot::new(entry.service.clone(), req))

@@ -1,6 +1,6 @@
 //! The example gateway binary end to end (CONTRACT.md §1): bad configs, proxying, graceful
 //! shutdown on SIGTERM, and the embedded default with its demo upstreams.
-#![cfg(all(unix, feature = "proxy", feature = "config"))]
+#![cfg(all(unix, feature = "proxy", feature = "config", feature = "metrics"))]
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +19,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+mod common;
+
 /// The bound on every wait.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -34,7 +36,7 @@ fn binary() -> &'static Path {
                 "--example",
                 "gateway",
                 "--features",
-                "proxy,config",
+                "proxy,config,metrics",
             ])
             .current_dir(manifest)
             .output()
@@ -93,6 +95,30 @@ impl Gateway {
                 return addr
                     .parse()
                     .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+            }
+        }
+    }
+
+    /// Waits for the admin line and the `listening on` line; returns (admin, gateway).
+    fn admin_and_listening(&self) -> (SocketAddr, SocketAddr) {
+        let mut admin = None;
+        loop {
+            let line = match self.stderr.recv_timeout(WAIT) {
+                Ok(line) => line,
+                Err(error) => panic!("no admin or `listening on` line: {error}"),
+            };
+            let addr_after = |marker: &str| {
+                line.split_once(marker).map(|(_, rest)| {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let addr = addr.trim_end_matches(':');
+                    addr.parse::<SocketAddr>()
+                        .unwrap_or_else(|_| panic!("bad address in {line:?}"))
+                })
+            };
+            if let Some(addr) = addr_after("admin endpoints on ") {
+                admin = Some(addr);
+            } else if let Some(addr) = addr_after("listening on ") {
+                return (admin.expect("the admin line comes first"), addr);
             }
         }
     }
@@ -289,9 +315,9 @@ fn bad_configs_exit_with_one_line_naming_the_key() {
             "routes[0].retry.max_retries: must be greater than zero",
         ),
         (
-            "unsupported",
-            "[admin]\nlisten = \"127.0.0.1:9090\"\n".to_owned(),
-            "admin: not supported yet",
+            "admin-listen",
+            "[admin]\nlisten = \"nowhere\"\n".to_owned(),
+            "admin.listen: invalid socket address \"nowhere\"",
         ),
     ];
     for (name, text, expected) in cases {
@@ -441,17 +467,23 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
 
 #[test]
 fn the_embedded_default_serves_the_demo_upstreams() {
-    let ports = ["127.0.0.1:5050", "127.0.0.1:5051", "127.0.0.1:5052"];
+    let ports = [
+        "127.0.0.1:5050",
+        "127.0.0.1:5051",
+        "127.0.0.1:5052",
+        "127.0.0.1:9090",
+    ];
     if ports
         .iter()
         .any(|addr| std::net::TcpListener::bind(addr).is_err())
     {
-        eprintln!("skipped: ports 5050-5052 are not all free");
+        eprintln!("skipped: ports 5050-5052 and 9090 are not all free");
         return;
     }
     let mut gateway = Gateway::spawn(&[], "info");
-    let addr = gateway.listening();
+    let (admin, addr) = gateway.admin_and_listening();
     assert_eq!(addr, "127.0.0.1:5050".parse().unwrap());
+    assert_eq!(admin, "127.0.0.1:9090".parse().unwrap());
 
     const KEY: &str = "x-api-key: dev-key\r\n";
     let (status, body) = get_with(addr, "/api/a/ping", KEY);
@@ -470,7 +502,98 @@ fn the_embedded_default_serves_the_demo_upstreams() {
         echo["headers"].get("x-api-key").is_none(),
         "the key never reaches the upstream"
     );
+    // The demo's admin listener counted them.
+    let (status, metrics) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let sample = |route: &str, status: &str| {
+        common::prometheus_sample(
+            &metrics,
+            "gateway_requests_total",
+            &[("route", route), ("method", "GET"), ("status", status)],
+        )
+    };
+    assert_eq!(sample("/api/a", "200"), Some(1.0), "{metrics}");
+    assert_eq!(sample("/api/a", "401"), Some(2.0), "{metrics}");
 
     gateway.terminate();
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn the_admin_listener_serves_metrics_health_and_readiness() {
+    let (upstream, _seen) = upstream(Duration::from_millis(600));
+    let config = format!(
+        "[server]\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        route_to(upstream)
+    );
+    let file = ConfigFile::new("admin", &config);
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let (admin, addr) = gateway.admin_and_listening();
+
+    assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(get(admin, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(get(admin, "/nothing").0, 404);
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/api/a/ping"), (200, "pong".to_owned()));
+    }
+    assert_eq!(get(addr, "/elsewhere").0, 404);
+    assert_eq!(get(addr, "/api/a/../x").0, 400);
+
+    let (status, head, metrics) = exchange(admin, "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let sample = common::prometheus_sample;
+    let requests = |route: &str, status: &str| {
+        sample(
+            &metrics,
+            "gateway_requests_total",
+            &[("route", route), ("method", "GET"), ("status", status)],
+        )
+    };
+    assert_eq!(requests("/api/a", "200"), Some(2.0), "{metrics}");
+    assert_eq!(requests("", "404"), Some(1.0), "{metrics}");
+    assert_eq!(requests("", "400"), Some(1.0), "{metrics}");
+    let rejections = |reason: &str| {
+        sample(
+            &metrics,
+            "gateway_rejections_total",
+            &[("route", ""), ("reason", reason)],
+        )
+    };
+    assert_eq!(rejections("no_route"), Some(1.0), "{metrics}");
+    assert_eq!(rejections("bad_request"), Some(1.0), "{metrics}");
+    let count = |name: &str| sample(&metrics, name, &[("route", "/api/a")]);
+    assert_eq!(count("gateway_request_duration_seconds_count"), Some(2.0));
+    assert_eq!(count("gateway_upstream_duration_seconds_count"), Some(2.0));
+    // Each took the upstream's 600 ms, which the buckets show.
+    let fast = sample(
+        &metrics,
+        "gateway_upstream_duration_seconds_bucket",
+        &[("route", "/api/a"), ("le", "0.5")],
+    );
+    assert_eq!(fast, Some(0.0), "{metrics}");
+
+    // Draining: not ready any more, still alive, until the in-flight request is done.
+    let in_flight = thread::spawn(move || get(addr, "/api/a/slow"));
+    thread::sleep(Duration::from_millis(200));
+    gateway.terminate();
+    let mut not_ready = false;
+    for _ in 0..50 {
+        if get(admin, "/readyz") == (503, "not ready\n".to_owned()) {
+            not_ready = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(not_ready, "/readyz answers 503 while draining");
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    assert_eq!(get(admin, "/healthz").0, 200);
+    assert_eq!(in_flight.join().unwrap(), (200, "pong".to_owned()));
     assert!(gateway.wait().success());
 }

@@ -14,6 +14,11 @@
 //! SIGTERM or Ctrl-C stops accepting, lets in-flight requests finish for up to
 //! `server.shutdown_grace`, and exits 0. A bad config or argument is one line on stderr and
 //! exit code 1 (2 for a bad command line).
+//!
+//! With `[admin] listen = "127.0.0.1:9090"` it also serves, on that address: `/metrics`
+//! (the gateway's metrics in the Prometheus text format, from metrics-exporter-prometheus),
+//! `/healthz` (200 while the process runs) and `/readyz` (200 while it serves, 503 from the
+//! moment it starts draining).
 
 mod demo_upstreams;
 
@@ -24,30 +29,43 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_gateway::config::Config;
 use tower_gateway::server::Server;
 use tracing_subscriber::EnvFilter;
 
-const USAGE: &str = "usage: gateway [--config FILE] [--listen ADDR] [--help]";
+const USAGE: &str =
+    "usage: gateway [--config FILE] [--listen ADDR] [--log-format text|json] [--help]";
 
 const HELP: &str = "\
 gateway: the tower-gateway example gateway
 
-usage: gateway [--config FILE] [--listen ADDR] [--help]
+usage: gateway [--config FILE] [--listen ADDR] [--log-format text|json] [--help]
 
-  --config FILE   serve the routes of a TOML config file (the format is CONTRACT.md §2)
-  --listen ADDR   listen on ADDR instead of server.listen (port 0 picks a free port)
-  --help          show this help
+  --config FILE       serve the routes of a TOML config file (the format is CONTRACT.md §2)
+  --listen ADDR       listen on ADDR instead of server.listen (port 0 picks a free port)
+  --log-format FMT    `text` (default: human-readable lines) or `json` (one object a line)
+  --help              show this help
 
 Without --config it serves the config below and starts its two demo upstreams, A on
 127.0.0.1:5051 and B on 127.0.0.1:5052, each answering /ping, /slow?ms=N, /fail?rate=R,
 /echo and /health; auth is on with the key dev-key (/health is anonymous), each client
 may make 100 requests a minute per route, and /api/a has at most 64 in flight.
+Metrics (Prometheus text) are on 127.0.0.1:9090/metrics, with /healthz and /readyz.
 Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
 
-RUST_LOG sets the log filter (default info). SIGTERM or Ctrl-C shuts down gracefully.
+RUST_LOG sets the log filter (default info; every answered request is an info event
+inside a `request` span, so RUST_LOG=warn turns the access log off). SIGTERM or Ctrl-C
+shuts down gracefully.
 
 The embedded config:
 ";
@@ -56,6 +74,9 @@ The embedded config:
 const DEFAULT_CONFIG: &str = r#"[server]
 listen = "127.0.0.1:5050"
 shutdown_grace = "30s"
+
+[admin]
+listen = "127.0.0.1:9090"
 
 [auth]
 header = "x-api-key"
@@ -103,6 +124,7 @@ const DEMO_UPSTREAMS: [(&str, &str); 2] = [("A", "127.0.0.1:5051"), ("B", "127.0
 struct Args {
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    json_logs: bool,
     help: bool,
 }
 
@@ -128,6 +150,17 @@ impl Args {
                         .parse()
                         .map_err(|error| format!("--listen {addr:?}: {error}"))?;
                     parsed.listen = Some(addr);
+                }
+                "--log-format" => {
+                    parsed.json_logs = match value()?.as_str() {
+                        "text" => false,
+                        "json" => true,
+                        other => {
+                            return Err(format!(
+                                "--log-format {other:?}: expected `text` or `json`"
+                            ));
+                        }
+                    }
                 }
                 "-h" | "--help" if inline.is_none() => parsed.help = true,
                 _ => return Err(format!("unexpected argument {arg:?}")),
@@ -166,11 +199,23 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.json_logs {
+        // One JSON object a line, with the request span's fields under "span".
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 
     // One thread when pinned to one CPU (as the benchmark does): cheaper than a scheduler
     // with a single worker.
@@ -180,6 +225,15 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         tokio::runtime::Builder::new_multi_thread()
     };
     let runtime = runtime.enable_all().build()?;
+    // Before the gateway is built: its layers register their metrics with this recorder.
+    let prometheus = match &config.admin {
+        Some(_) => Some(
+            PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)?
+                .install_recorder()?,
+        ),
+        None => None,
+    };
     // Inside the runtime: a shared rate-limit store keeps its Redis connection on it.
     let gateway = {
         let _entered = runtime.enter();
@@ -193,7 +247,27 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             }
         }
         // Signal handlers go in before the first connection, so no SIGTERM kills us rudely.
-        let shutdown = shutdown_signal()?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown = {
+            let signal = shutdown_signal()?;
+            let ready = Arc::clone(&ready);
+            async move {
+                signal.await;
+                // Draining from here on: load balancers watching /readyz stop sending.
+                ready.store(false, Ordering::SeqCst);
+            }
+        };
+        if let (Some(admin), Some(prometheus)) = (&config.admin, prometheus) {
+            let listener = TcpListener::bind(admin.listen)
+                .await
+                .map_err(|error| format!("cannot listen on {} (admin): {error}", admin.listen))?;
+            // Not "listening on": scripts wait for that line to find the gateway itself.
+            tracing::info!(
+                "admin endpoints on {}: /metrics /healthz /readyz",
+                listener.local_addr()?
+            );
+            tokio::spawn(serve_admin(listener, prometheus, Arc::clone(&ready)));
+        }
         let listen = config.server.listen;
         let listener = TcpListener::bind(listen)
             .await
@@ -205,6 +279,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         } else {
             eprintln!("listening on {addr}");
         }
+        ready.store(true, Ordering::SeqCst);
         Server::new()
             .shutdown_grace(config.server.shutdown_grace)
             .serve(listener, gateway, shutdown)
@@ -212,6 +287,58 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Histogram buckets of the latency metrics, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0,
+];
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the `[admin]` listener until the process
+/// ends.
+async fn serve_admin(listener: TcpListener, prometheus: PrometheusHandle, ready: Arc<AtomicBool>) {
+    // The recorder folds its histogram samples in on upkeep (and on each scrape).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let admin = tower::service_fn(move |req: Request<Incoming>| {
+        let answer = |status: StatusCode, content_type: &'static str, body: String| {
+            let mut res = Response::new(Full::new(Bytes::from(body)));
+            *res.status_mut() = status;
+            res.headers_mut()
+                .insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+            res
+        };
+        let res = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => answer(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                prometheus.render(),
+            ),
+            (&Method::GET, "/healthz") => answer(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, "/readyz") if ready.load(Ordering::SeqCst) => {
+                answer(StatusCode::OK, "text/plain", "ready\n".into())
+            }
+            (&Method::GET, "/readyz") => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready\n".into(),
+            ),
+            _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        };
+        std::future::ready(Ok::<_, std::convert::Infallible>(res))
+    });
+    if let Err(error) = Server::new()
+        .serve(listener, admin, std::future::pending())
+        .await
+    {
+        tracing::error!(%error, "the admin listener failed");
+    }
 }
 
 /// Completes on the first SIGTERM or Ctrl-C (SIGINT).

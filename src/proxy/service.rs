@@ -153,6 +153,38 @@ struct Inner<B, L> {
     balance: L,
     trusted: TrustedProxies,
     proto: HeaderValue,
+    #[cfg(feature = "metrics")]
+    upstream_duration: Option<::metrics::Histogram>,
+}
+
+/// Times one upstream attempt, to its response head, when the proxy has a histogram for it
+/// (with the `metrics` feature; nothing at all without it).
+struct UpstreamTimer {
+    #[cfg(feature = "metrics")]
+    started: Option<(tokio::time::Instant, ::metrics::Histogram)>,
+}
+
+impl UpstreamTimer {
+    #[inline]
+    fn start<B, L>(inner: &Inner<B, L>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = inner;
+        Self {
+            #[cfg(feature = "metrics")]
+            started: inner
+                .upstream_duration
+                .as_ref()
+                .map(|histogram| (tokio::time::Instant::now(), histogram.clone())),
+        }
+    }
+
+    #[inline]
+    fn stop(&mut self) {
+        #[cfg(feature = "metrics")]
+        if let Some((started, histogram)) = self.started.take() {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Forwards requests to a route's upstreams; see the [module docs](super).
@@ -204,6 +236,8 @@ impl<B, L: Balance> ProxyService<B, L> {
                 balance,
                 trusted: TrustedProxies::none(),
                 proto: HeaderValue::from_static("http"),
+                #[cfg(feature = "metrics")]
+                upstream_duration: None,
             }),
         }
     }
@@ -217,6 +251,15 @@ impl<B, L: Balance> ProxyService<B, L> {
     /// The `X-Forwarded-Proto` this hop sets (default `http`). Call before cloning.
     pub fn forwarded_proto(mut self, proto: HeaderValue) -> Self {
         self.inner_mut().proto = proto;
+        self
+    }
+
+    /// Records each attempt's time to the upstream's response head in `histogram` (the
+    /// builder's is `gateway_upstream_duration_seconds{route}`). Call before cloning.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn upstream_duration(mut self, histogram: ::metrics::Histogram) -> Self {
+        self.inner_mut().upstream_duration = Some(histogram);
         self
     }
 
@@ -271,6 +314,7 @@ where
         *req.version_mut() = Version::HTTP_11;
         ResponseFuture {
             state: State::Forward {
+                timer: UpstreamTimer::start(inner),
                 fut: inner.client.request(req),
                 client_upgrade,
                 correlation_id,
@@ -310,6 +354,7 @@ pin_project! {
             fut: hyper_util::client::legacy::ResponseFuture,
             client_upgrade: Option<(OnUpgrade, UpgradeGuards)>,
             correlation_id: Option<CorrelationId>,
+            timer: UpstreamTimer,
         },
         Answer { res: Option<Response<GatewayBody<Incoming>>> },
     }
@@ -341,9 +386,11 @@ impl Future for ResponseFuture {
                 fut,
                 client_upgrade,
                 correlation_id,
+                timer,
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
+                    timer.stop();
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let Some((client, guards)) = client_upgrade.take() else {
                             // Nothing to join it to: the client would wait on a dead socket.

@@ -203,8 +203,7 @@ where
                         return Poll::Ready(result);
                     };
                     let next = Request::from_parts(parts, body);
-                    let Some(wait) = retry.policy.admit(failure, next.body(), next.uri().path())
-                    else {
+                    let Some(wait) = retry.policy.admit(failure, &next) else {
                         return Poll::Ready(result);
                     };
                     // The failed answer goes, and with it its connection's claim on the body.

@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 use super::budget::RetryBudget;
 use super::replay_body::RetryBody;
 use crate::classify::{FailureClassifier, ResponseHead};
+use crate::extensions::MatchedRoute;
 
 /// Which methods are retried, as bits.
 pub(super) const GET: u8 = 1;
@@ -235,11 +236,10 @@ impl<C: FailureClassifier> RetryPolicy<C> {
     pub(super) fn admit<B: Body>(
         &mut self,
         failure: Failure,
-        body: &RetryBody<B>,
-        path: &str,
+        req: &Request<RetryBody<B>>,
     ) -> Option<Duration> {
         let Failure { status, asked } = failure;
-        if !body.claim() {
+        if !req.body().claim() {
             tracing::debug!(
                 status,
                 "not retrying: the request body cannot be sent again"
@@ -252,13 +252,24 @@ impl<C: FailureClassifier> RetryPolicy<C> {
         }
         self.attempts += 1;
         let wait = asked.unwrap_or_else(|| self.settings.backoff(self.attempts));
+        let route = req
+            .extensions()
+            .get::<MatchedRoute>()
+            .map(MatchedRoute::prefix);
         tracing::debug!(
             retry.attempt = self.attempts,
             status,
             wait = ?wait,
-            path,
+            route,
+            path = req.uri().path(),
             "retrying"
         );
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!(
+            crate::metrics::RETRIES_TOTAL,
+            "route" => route.unwrap_or_default().to_owned(),
+        )
+        .increment(1);
         Some(wait)
     }
 
@@ -283,7 +294,7 @@ where
         result: &mut Result<Response<ResB>, E>,
     ) -> Option<Self::Future> {
         let failure = self.failed(result)?;
-        let wait = self.admit(failure, req.body(), req.uri().path())?;
+        let wait = self.admit(failure, req)?;
         Some(Box::pin(tokio::time::sleep(wait)))
     }
 

@@ -170,3 +170,23 @@ pub fn assert_one_budget(
         "{admitted} admitted in {elapsed:?}: more than one budget of {quota:?} allows"
     );
 }
+
+/// The value of the Prometheus text-format sample `name{labels}` in `text`, whatever the
+/// order of its labels; `None` when there is no such sample.
+pub fn prometheus_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let found: Vec<(&str, &str)> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| (key, value.trim_matches('"')))
+            .collect();
+        (found.len() == labels.len() && labels.iter().all(|label| found.contains(label)))
+            .then(|| value.parse().expect("a sample value is a number"))
+    })
+}
