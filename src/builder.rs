@@ -44,6 +44,7 @@
 //! `Gateway::<axum::body::Body>::builder()`. Around the whole gateway, wrap it like any
 //! service (`ServiceBuilder::new().layer(..).service(gateway)`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
@@ -270,7 +271,7 @@ impl<B> Route<B> {
 }
 
 /// What opens a route's circuit breaker.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Trip {
     Consecutive(NonZeroU32),
     Rate(FailureRate),
@@ -322,6 +323,20 @@ pub struct GatewayBuilder<B = Incoming> {
     client: Option<GatewayClient<B>>,
     #[cfg(feature = "redis")]
     shared_limits: Option<crate::rate_limit::RedisBackend>,
+    /// The state of the gateway this one replaces, to carry over.
+    previous: Option<Arc<RouteStates>>,
+}
+
+/// What a gateway keeps per route to hand over to the gateway that replaces it: the layers
+/// whose clones share its rate-limit budgets, breaker and bulkhead slots, with the settings
+/// they were built with.
+type RouteStates = HashMap<String, Carried>;
+
+#[derive(Clone, Default)]
+struct Carried {
+    rate_limit: Option<(Quota, RateLimitLayer<ClientKey, RouteStore<Client>>)>,
+    breaker: Option<((Trip, Duration), CircuitBreakerLayer<SharedClassifier>)>,
+    bulkhead: Option<(NonZeroUsize, BulkheadLayer)>,
 }
 
 impl<B> fmt::Debug for GatewayBuilder<B> {
@@ -383,11 +398,30 @@ where
         self
     }
 
+    /// Carries `previous`'s state over into the gateway being built, for a reload: a route
+    /// (same prefix) whose rate limit has the same quota keeps its clients' spent budgets
+    /// (in-process stores; a Redis store's budgets are in Redis anyway), one whose circuit
+    /// breaker has the same trip policy and cooldown keeps its state and counts, and one
+    /// whose bulkhead has the same limit keeps its slots, so requests still in flight on
+    /// `previous` count against the new gateway's limit too. Everything else starts anew.
+    pub fn keep_state_of(mut self, previous: &Gateway<B>) -> Self {
+        self.previous = Some(Arc::clone(&previous.states));
+        self
+    }
+
     /// Checks every route and builds the gateway.
     pub fn build(self) -> Result<Gateway<B>, BuildError> {
         let client = self.client.unwrap_or_else(default_client);
         let mut router = Router::builder();
+        let mut states = RouteStates::new();
         for (prefix, route) in self.routes {
+            let old = self
+                .previous
+                .as_ref()
+                .and_then(|states| states.get(&prefix))
+                .cloned()
+                .unwrap_or_default();
+            let mut carried = Carried::default();
             if route.upstreams.is_empty() {
                 return Err(BuildError::NoUpstreams(prefix));
             }
@@ -410,15 +444,22 @@ where
                 crate::metrics::UPSTREAM_DURATION,
                 "route" => prefix.clone(),
             ));
-            let bulkhead = match route.bulkhead {
-                Some(max) => BulkheadLayer::new(max),
-                None => BulkheadLayer::unlimited(),
+            let bulkhead = match (route.bulkhead, old.bulkhead) {
+                (Some(max), Some((old_max, old))) if old_max == max => old,
+                (Some(max), _) => {
+                    let bulkhead = BulkheadLayer::new(max);
+                    #[cfg(feature = "metrics")]
+                    let bulkhead = bulkhead.in_flight_gauge(::metrics::gauge!(
+                        crate::metrics::BULKHEAD_IN_FLIGHT,
+                        "route" => prefix.clone(),
+                    ));
+                    bulkhead
+                }
+                (None, _) => BulkheadLayer::unlimited(),
             };
-            #[cfg(feature = "metrics")]
-            let bulkhead = bulkhead.in_flight_gauge(::metrics::gauge!(
-                crate::metrics::BULKHEAD_IN_FLIGHT,
-                "route" => prefix.clone(),
-            ));
+            if let Some(max) = route.bulkhead {
+                carried.bulkhead = Some((max, bulkhead.clone()));
+            }
             let retry = route
                 .retry
                 .unwrap_or_else(|| RetryLayer::new(0))
@@ -449,11 +490,14 @@ where
                             gauge.set(crate::metrics::breaker_state_value(transition.to));
                         })
                     };
-                    Either::Left(
-                        breaker
-                            .with_classifier(route.classifier.clone())
-                            .layer(admitted),
-                    )
+                    let mut breaker = breaker.with_classifier(route.classifier.clone());
+                    if let Some((settings, old)) = &old.breaker {
+                        if *settings == (trip, cooldown) {
+                            breaker = breaker.sharing_breaker_of(old);
+                        }
+                    }
+                    carried.breaker = Some(((trip, cooldown), breaker.clone()));
+                    Either::Left(breaker.layer(admitted))
                 }
                 None => Either::Right(admitted),
             };
@@ -466,13 +510,18 @@ where
                     };
                     #[cfg(not(feature = "redis"))]
                     let store: RouteStore<Client> = LocalStore::new(quota).into();
-                    Either::Left(
-                        RateLimitLayer::with_store(
-                            ClientKey::new().trusted_proxies(self.trusted.clone()),
-                            store,
-                        )
-                        .layer(guarded),
-                    )
+                    let mut limit = RateLimitLayer::with_store(
+                        ClientKey::new().trusted_proxies(self.trusted.clone()),
+                        store,
+                    );
+                    if let Some((old_quota, old)) = &old.rate_limit {
+                        if *old_quota == quota && old.store().is_local() && limit.store().is_local()
+                        {
+                            limit = limit.sharing_store_of(old);
+                        }
+                    }
+                    carried.rate_limit = Some((quota, limit.clone()));
+                    Either::Left(limit.layer(guarded))
                 }
                 None => Either::Right(guarded),
             };
@@ -508,6 +557,7 @@ where
             };
             #[cfg(feature = "metrics")]
             let service = crate::metrics::MetricsLayer::new(prefix.clone()).layer(service);
+            states.insert(prefix.clone(), carried);
             router = router.route(prefix, route.strip_prefix, service);
         }
         let router = router.build()?;
@@ -518,7 +568,10 @@ where
                     .protect(self.correlation_header)
                     .layer(RequestSpanLayer::new().layer(router)),
             );
-        Ok(Gateway { inner })
+        Ok(Gateway {
+            inner,
+            states: Arc::new(states),
+        })
     }
 }
 
@@ -528,12 +581,15 @@ where
 /// request. Its error type is [`Infallible`]: every failure is an answer.
 pub struct Gateway<B = Incoming> {
     inner: Stack<B>,
+    /// What a gateway built with [`GatewayBuilder::keep_state_of`] this one takes over.
+    states: Arc<RouteStates>,
 }
 
 impl<B> Clone for Gateway<B> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            states: Arc::clone(&self.states),
         }
     }
 }
@@ -562,6 +618,7 @@ where
             client: None,
             #[cfg(feature = "redis")]
             shared_limits: None,
+            previous: None,
         }
     }
 }

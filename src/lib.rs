@@ -20,6 +20,7 @@
 //! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
 //! | [`builder`] | [`Gateway`](builder::Gateway): routes and layers composed in the contract's order, one `Clone` service |
 //! | [`trace`] | [`RequestSpanLayer`](trace::RequestSpanLayer): a tracing span per request (correlation ID, method, path, route, status, latency) and one access-log event per answer |
+//! | [`reload`] | [`reloadable`](reload::reloadable): a service whose inner service is swapped atomically while it serves (hot reload) |
 //! | [`server`] | [`Server`](server::Server): a hardened HTTP/1.1 server with graceful shutdown |
 //! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
@@ -109,6 +110,9 @@ pub mod route;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod server;
 
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod reload;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod trace;

@@ -123,6 +123,25 @@ impl Gateway {
         }
     }
 
+    /// Waits for a line containing `needle` and returns it.
+    fn line_with(&self, needle: &str) -> String {
+        loop {
+            match self.stderr.recv_timeout(WAIT) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(error) => panic!("no line with {needle:?}: {error}"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
     fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -595,5 +614,59 @@ fn the_admin_listener_serves_metrics_health_and_readiness() {
     assert!(!in_flight.is_finished(), "the request is still in flight");
     assert_eq!(get(admin, "/healthz").0, 200);
     assert_eq!(in_flight.join().unwrap(), (200, "pong".to_owned()));
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn sighup_and_file_changes_reload_the_config() {
+    let (a, _) = upstream(Duration::ZERO);
+    let (b, _) = upstream(Duration::ZERO);
+    let limited = |requests: u32| {
+        format!(
+            "{}[routes.rate_limit]\nrequests = {requests}\nwindow = \"1h\"\n",
+            route_to(a)
+        )
+    };
+    let route_b = format!("[[routes]]\nprefix = \"/api/b\"\nupstreams = [\"http://{b}\"]\n");
+    let file = ConfigFile::new("reload", &limited(3));
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let addr = gateway.listening();
+    let remaining = |addr| {
+        let (status, head, _) = exchange(addr, "/api/a/ping", "");
+        let r = head
+            .lines()
+            .find_map(|line| line.strip_prefix("ratelimit: \"default\";r="))
+            .and_then(|rest| rest.split(';').next())
+            .map(str::to_owned);
+        (status, r)
+    };
+    assert_eq!(remaining(addr), (200, Some("2".to_owned())));
+    assert_eq!(get(addr, "/api/b/ping").0, 404);
+
+    // SIGHUP with a new route and the same limit: /api/b appears, /api/a's budget stays.
+    std::fs::write(&file.0, format!("{}{route_b}", limited(3))).unwrap();
+    gateway.signal("-HUP");
+    gateway.line_with("reloaded");
+    assert_eq!(get(addr, "/api/b/ping"), (200, "pong".to_owned()));
+    assert_eq!(remaining(addr), (200, Some("1".to_owned())));
+
+    // A broken file, noticed without a signal: one error line, the old config serves on.
+    std::fs::write(&file.0, "[[routes]]\nprefix = \"/api/a\"\nupstreams = 7\n").unwrap();
+    let refused = gateway.line_with("refused");
+    assert!(refused.contains("routes[0].upstreams"), "{refused}");
+    assert_eq!(get(addr, "/api/b/ping").0, 200);
+    assert_eq!(remaining(addr), (200, Some("0".to_owned())));
+    assert_eq!(get(addr, "/api/a/ping").0, 429);
+
+    // A new quota, noticed without a signal: a fresh budget; /api/b is gone.
+    std::fs::write(&file.0, limited(5)).unwrap();
+    gateway.line_with("reloaded");
+    assert_eq!(remaining(addr), (200, Some("4".to_owned())));
+    assert_eq!(get(addr, "/api/b/ping").0, 404);
+
+    gateway.terminate();
     assert!(gateway.wait().success());
 }

@@ -15,6 +15,12 @@
 //! `server.shutdown_grace`, and exits 0. A bad config or argument is one line on stderr and
 //! exit code 1 (2 for a bad command line).
 //!
+//! With `--config FILE` it reloads the file on SIGHUP and when its contents change (checked
+//! every second): a valid file replaces the routes and policies atomically (requests in flight
+//! finish on the old ones; rate-limit budgets, breaker state and bulkhead slots carry over
+//! for routes whose settings did not change); an invalid one is refused with one log line and
+//! the running config keeps serving. `[server]` and `[admin]` changes need a restart.
+//!
 //! With `[admin] listen = "127.0.0.1:9090"` it also serves, on that address: `/metrics`
 //! (the gateway's metrics in the Prometheus text format, from metrics-exporter-prometheus),
 //! `/healthz` (200 while the process runs) and `/readyz` (200 while it serves, 503 from the
@@ -39,7 +45,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tower_gateway::builder::Gateway;
 use tower_gateway::config::Config;
+use tower_gateway::reload::{ReloadHandle, reloadable};
 use tower_gateway::server::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -65,7 +73,8 @@ Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
 
 RUST_LOG sets the log filter (default info; every answered request is an info event
 inside a `request` span, so RUST_LOG=warn turns the access log off). SIGTERM or Ctrl-C
-shuts down gracefully.
+shuts down gracefully. With --config, SIGHUP or a change of the file reloads it (an
+invalid file is refused and the running config keeps serving).
 
 The embedded config:
 ";
@@ -240,7 +249,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         config.gateway_builder()?.build()?
     };
 
+    let (gateway, reload) = reloadable(gateway);
+
     runtime.block_on(async {
+        // SIGHUP would end the process if nobody listened for it.
+        tokio::spawn(watch_config(args.config.clone(), config.clone(), reload)?);
         if args.config.is_none() {
             for (name, addr) in DEMO_UPSTREAMS {
                 demo_upstreams::spawn(name, addr.parse()?).await?;
@@ -286,6 +299,88 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             .await?;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// Reloads the config file at `path` on SIGHUP and when its contents change (checked every
+/// second), swapping the gateway `reload` serves; logs SIGHUPs and does nothing else without
+/// a file. Returns the watching future once the signal handler is in.
+fn watch_config(
+    path: Option<PathBuf>,
+    running: Config,
+    reload: ReloadHandle<Gateway>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(async move {
+        let mut running = running;
+        let mut seen = path.as_deref().and_then(|path| std::fs::read(path).ok());
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hup = tokio::select! {
+                _ = hangup.recv() => true,
+                _ = every.tick() => false,
+            };
+            #[cfg(not(unix))]
+            let hup = {
+                every.tick().await;
+                false
+            };
+            let Some(path) = path.as_deref() else {
+                if hup {
+                    tracing::info!("SIGHUP: nothing to reload (the embedded config is served)");
+                }
+                continue;
+            };
+            let now = std::fs::read(path).ok();
+            if !hup {
+                if now == seen {
+                    continue;
+                }
+                // An editor may be halfway through writing it (an empty file is a valid
+                // config without routes): wait until it holds still.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if std::fs::read(path).ok() != now {
+                    continue;
+                }
+            }
+            seen = now;
+            let why = if hup { "SIGHUP" } else { "the file changed" };
+            let load = || -> Result<(Config, Gateway), Box<dyn Error>> {
+                let config = Config::load(path)?;
+                let gateway = config
+                    .gateway_builder()?
+                    .keep_state_of(&reload.current())
+                    .build()?;
+                Ok((config, gateway))
+            };
+            match load() {
+                Ok((config, gateway)) => {
+                    reload.reload(gateway);
+                    tracing::info!(
+                        routes = config.routes.len(),
+                        "reloaded {} ({why})",
+                        path.display()
+                    );
+                    if config.server.listen != running.server.listen
+                        || config.server.shutdown_grace != running.server.shutdown_grace
+                        || config.admin.as_ref().map(|a| a.listen)
+                            != running.admin.as_ref().map(|a| a.listen)
+                    {
+                        tracing::warn!(
+                            "[server] and [admin] changes take effect only after a restart"
+                        );
+                    }
+                    running = config;
+                }
+                Err(error) => tracing::error!(
+                    "reload of {} refused ({why}), the running config keeps serving: {error}",
+                    path.display()
+                ),
+            }
+        }
     })
 }
 

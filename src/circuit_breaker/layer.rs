@@ -104,6 +104,20 @@ impl<C, R> CircuitBreakerLayer<C, R> {
     pub fn state(&self) -> BreakerState {
         self.breaker.state()
     }
+
+    /// This layer with `other`'s breaker: its state, counts and hook carry over (a reloaded
+    /// gateway keeps them for routes whose breaker settings did not change), while this
+    /// layer's classifier and rendering apply.
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "used by the builder")
+    )]
+    pub(crate) fn sharing_breaker_of<C2, R2>(self, other: &CircuitBreakerLayer<C2, R2>) -> Self {
+        Self {
+            breaker: Arc::clone(&other.breaker),
+            ..self
+        }
+    }
 }
 
 impl<C, R: Clone> Clone for CircuitBreakerLayer<C, R> {

@@ -85,6 +85,19 @@ where
 }
 
 impl<X, St, R> RateLimitLayer<X, St, R> {
+    /// This layer with `other`'s store: the budgets its clients have spent so far carry
+    /// over (a reloaded gateway keeps them for routes whose quota did not change).
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "used by the builder")
+    )]
+    pub(crate) fn sharing_store_of<R2>(self, other: &RateLimitLayer<X, St, R2>) -> Self {
+        Self {
+            store: Arc::clone(&other.store),
+            ..self
+        }
+    }
+
     /// Whether responses carry `RateLimit-Policy` and `RateLimit` (default `true`).
     pub fn ietf_headers(mut self, on: bool) -> Self {
         Arc::make_mut(&mut self.headers).ietf = on;

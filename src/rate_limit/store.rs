@@ -107,6 +107,17 @@ enum RouteStoreInner<K: Hash + Eq + Clone> {
     Redis(super::redis::RedisStore<K>),
 }
 
+impl<K: Hash + Eq + Clone> RouteStore<K> {
+    /// Whether the budgets live in this process (and so would be lost with the store).
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "used by the builder")
+    )]
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.0, RouteStoreInner::Local(_))
+    }
+}
+
 impl<K: Hash + Eq + Clone> From<LocalStore<K>> for RouteStore<K> {
     fn from(store: LocalStore<K>) -> Self {
         Self(RouteStoreInner::Local(store))
