@@ -144,6 +144,23 @@ fn proxy_like<B>() -> impl Service<Request<B>, Response = Res, Error = Infallibl
     })
 }
 
+/// [`proxy_like`], but keeping a copy of the headers for every request, handed back or not.
+fn copying_proxy_like<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
+    tower::service_fn(|mut req: Request<B>| {
+        let slot = req.extensions_mut().remove::<HandBack>();
+        let (mut parts, body) = req.into_parts();
+        let kept = parts.headers.clone();
+        let mut sent = Request::new(body);
+        *sent.method_mut() = parts.method.clone();
+        *sent.headers_mut() = std::mem::replace(&mut parts.headers, kept);
+        match slot {
+            Some(slot) => slot.put(parts),
+            None => drop(black_box(parts)),
+        }
+        upstream(black_box(sent))
+    })
+}
+
 /// The least tower retry policy: keeps a copy of each request, never retries.
 #[derive(Clone, Copy)]
 struct CopyOnly;
@@ -316,6 +333,18 @@ fn layers(c: &mut Criterion) {
         &template,
         proxy_like(),
         RetryLayer::new(2).hand_back(true).layer(proxy_like()),
+    );
+    // The same, against a terminal service that makes that header copy whether or not it is
+    // asked to: the retry layer's own work alone (the budget, the hand-back slot, the clone
+    // of the service and its future), without the copy it asks of the proxy.
+    overhead_over(
+        &mut group,
+        "retry_get_hand_back_layer_only",
+        &template,
+        copying_proxy_like(),
+        RetryLayer::new(2)
+            .hand_back(true)
+            .layer(copying_proxy_like()),
     );
     // tower's own `Retry` with the least policy that can retry a GET (it copies the request
     // before sending it, and never retries here): the floor any retry layer that keeps a

@@ -66,8 +66,6 @@ use tower::{Layer, Service};
 use crate::api_key::{ApiKeyAuth, ApiKeyAuthLayer, KeySet, X_API_KEY};
 use crate::body::GatewayBody;
 use crate::bulkhead::{Bulkhead, BulkheadLayer, ResponseBody};
-#[cfg(feature = "metrics")]
-use crate::circuit_breaker::BreakerState;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, FailureRate};
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
@@ -337,6 +335,10 @@ struct Carried {
     rate_limit: Option<(Quota, RateLimitLayer<ClientKey, RouteStore<Client>>)>,
     breaker: Option<((Trip, Duration), CircuitBreakerLayer<SharedClassifier>)>,
     bulkhead: Option<(NonZeroUsize, BulkheadLayer)>,
+    /// Which of the route's breakers, over its reloads, owns the state gauge: a replaced
+    /// breaker whose old requests are still finishing must not overwrite it.
+    #[cfg(feature = "metrics")]
+    gauge_owner: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<B> fmt::Debug for GatewayBuilder<B> {
@@ -480,22 +482,40 @@ where
                         Trip::Rate(policy) => CircuitBreakerLayer::failure_rate(policy, cooldown),
                     };
                     #[cfg(feature = "metrics")]
+                    let gauge = ::metrics::gauge!(
+                        crate::metrics::CIRCUIT_BREAKER_STATE,
+                        "route" => prefix.clone(),
+                    );
+                    let kept = old
+                        .breaker
+                        .as_ref()
+                        .filter(|(settings, _)| *settings == (trip, cooldown));
+                    #[cfg(feature = "metrics")]
                     let breaker = {
-                        let gauge = ::metrics::gauge!(
-                            crate::metrics::CIRCUIT_BREAKER_STATE,
-                            "route" => prefix.clone(),
-                        );
-                        gauge.set(crate::metrics::breaker_state_value(BreakerState::Closed));
+                        use std::sync::atomic::Ordering::SeqCst;
+                        // A kept breaker keeps its hook (and ownership of the gauge); a new one
+                        // takes the gauge over from the one it replaces.
+                        let owner = Arc::clone(&old.gauge_owner);
+                        let mine = if kept.is_some() {
+                            owner.load(SeqCst)
+                        } else {
+                            owner.fetch_add(1, SeqCst) + 1
+                        };
+                        carried.gauge_owner = Arc::clone(&owner);
+                        let gauge = gauge.clone();
                         breaker.on_state_change(move |transition| {
-                            gauge.set(crate::metrics::breaker_state_value(transition.to));
+                            if owner.load(SeqCst) == mine {
+                                gauge.set(crate::metrics::breaker_state_value(transition.to));
+                            }
                         })
                     };
                     let mut breaker = breaker.with_classifier(route.classifier.clone());
-                    if let Some((settings, old)) = &old.breaker {
-                        if *settings == (trip, cooldown) {
-                            breaker = breaker.sharing_breaker_of(old);
-                        }
+                    if let Some((_, old)) = kept {
+                        breaker = breaker.sharing_breaker_of(old);
                     }
+                    // Closed when new; as it stands when it carried over.
+                    #[cfg(feature = "metrics")]
+                    gauge.set(crate::metrics::breaker_state_value(breaker.state()));
                     carried.breaker = Some(((trip, cooldown), breaker.clone()));
                     Either::Left(breaker.layer(admitted))
                 }

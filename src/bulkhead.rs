@@ -200,7 +200,9 @@ impl<R> BulkheadLayer<R> {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn in_flight_gauge(mut self, gauge: ::metrics::Gauge) -> Self {
         if let Some(limit) = &mut self.limit {
-            gauge.set(limit.in_flight() as f64);
+            // Only ever moved by increments and decrements: another layer (one a reload
+            // replaced) may share the series and still give slots back.
+            gauge.increment(limit.in_flight() as f64);
             limit.gauge = Some(gauge);
         }
         self

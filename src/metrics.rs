@@ -10,8 +10,8 @@
 //! | `gateway_requests_total` | counter | `route`, `method`, `status` | [`MetricsLayer`] (and the router, for `route=""`) |
 //! | `gateway_request_duration_seconds` | histogram | `route` | [`MetricsLayer`]: until the response head |
 //! | `gateway_rejections_total` | counter | `route`, `reason` | [`MetricsLayer`]: the gateway's own answers, by [`reason`](RejectionKind::reason) |
-//! | `gateway_upstream_duration_seconds` | histogram | `route` | the proxy: each attempt, until the upstream's head |
-//! | `gateway_retries_total` | counter | `route` | retry: each retry sent |
+//! | `gateway_upstream_duration_seconds` | histogram | `route` | the proxy: each attempt that got the upstream's response head, until then |
+//! | `gateway_retries_total` | counter | `route` | retry: each retry decided on (after its backoff it is sent unless the client left) |
 //! | `gateway_bulkhead_in_flight` | gauge | `route` | the bulkhead: requests holding a slot |
 //! | `gateway_circuit_breaker_state` | gauge | `route` | the breaker: 0 closed, 1 open, 2 half-open |
 //!
@@ -294,9 +294,10 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let method = method_index(req.method());
+        let start = Instant::now();
         ResponseFuture {
             inner: self.inner.call(req),
-            start: Instant::now(),
+            start,
             method,
             metrics: Some(Arc::clone(&self.metrics)),
         }

@@ -136,13 +136,14 @@ where
         if let Some(id) = req.extensions().get::<CorrelationId>() {
             span.record("correlation_id", id.as_str());
         }
+        let start = Instant::now();
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
         };
         ResponseFuture {
             inner,
-            log: Some((span, Instant::now())),
+            log: Some((span, start)),
         }
     }
 }

@@ -91,7 +91,11 @@ impl Gateway {
                 Err(error) => panic!("no `listening on` line: {error}"),
             };
             if let Some((_, rest)) = line.split_once("listening on ") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
+                // Plain text or JSON: the address ends where its characters do.
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                    .unwrap_or(rest.len());
+                let addr = &rest[..end];
                 return addr
                     .parse()
                     .unwrap_or_else(|_| panic!("bad address in {line:?}"));
@@ -669,4 +673,73 @@ fn sighup_and_file_changes_reload_the_config() {
 
     gateway.terminate();
     assert!(gateway.wait().success());
+}
+
+#[test]
+fn json_logs_carry_the_request_span_and_never_a_key() {
+    let (a, _) = upstream(Duration::ZERO);
+    let config = format!(
+        "[auth]\n[[auth.keys]]\nid = \"alice\"\nkey = \"sekret-key-123\"\n{}",
+        route_to(a)
+    );
+    let file = ConfigFile::new("json", &config);
+    let gateway = Gateway::spawn(
+        &[
+            "--config",
+            file.path(),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        "info",
+    );
+    let addr = gateway.listening();
+    let (status, _) = get_with(
+        addr,
+        "/api/a/ping?token=hidden-query",
+        "x-api-key: sekret-key-123\r\nx-correlation-id: json-test-1\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        get_with(addr, "/api/a/ping", "x-api-key: wrong-key-456\r\n").0,
+        401
+    );
+
+    let mut lines = Vec::new();
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let line = gateway.line_with("{");
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|error| panic!("not one JSON object ({error}): {line}"));
+        if event["fields"]["message"] == "answered" {
+            answered.push(event);
+        }
+        lines.push(line);
+    }
+    let ok = &answered[0];
+    assert_eq!(ok["level"], "INFO", "{ok}");
+    assert_eq!(ok["fields"]["status"], 200, "{ok}");
+    assert!(ok["fields"]["latency_ms"].is_number(), "{ok}");
+    let span = &ok["span"];
+    assert_eq!(span["name"], "request", "{ok}");
+    assert_eq!(span["correlation_id"], "json-test-1", "{ok}");
+    assert_eq!(span["method"], "GET", "{ok}");
+    assert_eq!(span["path"], "/api/a/ping", "{ok}");
+    assert_eq!(span["route"], "/api/a", "{ok}");
+    let refused = &answered[1];
+    assert_eq!(refused["fields"]["status"], 401, "{refused}");
+    assert_eq!(refused["fields"]["rejection"], "auth", "{refused}");
+    assert!(refused["span"]["correlation_id"].is_string(), "{refused}");
+
+    gateway.terminate();
+    let (status, rest) = gateway.output();
+    assert!(status.success());
+    lines.extend(rest);
+    for secret in ["sekret-key-123", "wrong-key-456", "hidden-query"] {
+        assert!(
+            lines.iter().all(|line| !line.contains(secret)),
+            "{secret} was logged: {lines:#?}"
+        );
+    }
 }

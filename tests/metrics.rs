@@ -15,12 +15,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::rate_limit::Quota;
 use tower_gateway::retry::RetryLayer;
+use tower_gateway::server::Server;
 
-use common::gauge::{client, fetch, serve_gateway};
+use common::gauge::{client, fetch};
 use common::{prometheus_sample, serve_hyper};
 
 /// The one recorder of this test binary (a process has one).
@@ -56,27 +58,30 @@ async fn scripted_traffic_gives_exact_metrics() {
     let (ok, ok_hits) = upstream(200, Duration::ZERO).await;
     let (fail, fail_hits) = upstream(500, Duration::ZERO).await;
     let (slow, slow_hits) = upstream(200, Duration::from_secs(30)).await;
-    let gw = serve_gateway(
+    let builder = || {
         Gateway::builder()
             .auth(KeySet::new().key("alice", "alice-secret"), None)
             .route(
                 "/m/ok",
-                Route::to([ok])
+                Route::to([ok.clone()])
                     .rate_limit(Quota::new(4, Duration::from_secs(3600)).unwrap())
                     .bulkhead(NonZeroUsize::new(8).unwrap()),
             )
             .route(
                 "/m/fail",
-                Route::to([fail])
+                Route::to([fail.clone()])
                     .retry(RetryLayer::new(2).base_delay(Duration::from_millis(1)))
                     .circuit_breaker(NonZeroU32::new(2).unwrap(), Duration::from_secs(600)),
             )
             .route(
                 "/m/slow",
-                Route::to([slow]).bulkhead(NonZeroUsize::new(8).unwrap()),
-            ),
-    )
-    .await;
+                Route::to([slow.clone()]).bulkhead(NonZeroUsize::new(8).unwrap()),
+            )
+    };
+    let first = builder().build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    tokio::spawn(Server::new().serve(listener, first.clone(), std::future::pending()));
     let http = client();
     let key = [("x-api-key", "alice-secret")];
     let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
@@ -183,6 +188,18 @@ async fn scripted_traffic_gives_exact_metrics() {
     let attempts_timed = |r: &str| route("gateway_upstream_duration_seconds_count", r);
     assert_eq!(attempts_timed("/m/ok"), Some(4.0));
     assert_eq!(attempts_timed("/m/fail"), Some(6.0));
+    // A reload that keeps the breaker's state keeps its gauge; a fresh breaker is closed.
+    let state = || {
+        prometheus_sample(
+            &prometheus.render(),
+            "gateway_circuit_breaker_state",
+            &[("route", "/m/fail")],
+        )
+    };
+    let _reloaded = builder().keep_state_of(&first).build().unwrap();
+    assert_eq!(state(), Some(1.0));
+    let _fresh = builder().build().unwrap();
+    assert_eq!(state(), Some(0.0));
     // Nothing keyed by anything a client chose.
     assert!(!text.contains("alice"), "{text}");
     assert!(!text.contains("nowhere"), "{text}");

@@ -205,6 +205,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         Some(path) => Config::load(path)?,
         None => Config::from_toml_str(DEFAULT_CONFIG)?,
     };
+    // What the watcher compares the file with: read right after the load, so that an edit
+    // made from now on is seen as one.
+    let loaded = args
+        .config
+        .as_deref()
+        .and_then(|path| std::fs::read(path).ok());
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -253,7 +259,13 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     runtime.block_on(async {
         // SIGHUP would end the process if nobody listened for it.
-        tokio::spawn(watch_config(args.config.clone(), config.clone(), reload)?);
+        tokio::spawn(watch_config(
+            args.config.clone(),
+            loaded,
+            config.clone(),
+            args.listen,
+            reload,
+        )?);
         if args.config.is_none() {
             for (name, addr) in DEMO_UPSTREAMS {
                 demo_upstreams::spawn(name, addr.parse()?).await?;
@@ -302,19 +314,22 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     })
 }
 
-/// Reloads the config file at `path` on SIGHUP and when its contents change (checked every
-/// second), swapping the gateway `reload` serves; logs SIGHUPs and does nothing else without
-/// a file. Returns the watching future once the signal handler is in.
+/// Reloads the config file at `path` on SIGHUP and when its contents change from `seen`
+/// (checked every second), swapping the gateway `reload` serves; `listen` is the command
+/// line's override of `server.listen`. Logs SIGHUPs and does nothing else without a file.
+/// Returns the watching future once the signal handler is in.
 fn watch_config(
     path: Option<PathBuf>,
+    seen: Option<Vec<u8>>,
     running: Config,
+    listen: Option<SocketAddr>,
     reload: ReloadHandle<Gateway>,
 ) -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     Ok(async move {
         let mut running = running;
-        let mut seen = path.as_deref().and_then(|path| std::fs::read(path).ok());
+        let mut seen = seen;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -348,15 +363,27 @@ fn watch_config(
             }
             seen = now;
             let why = if hup { "SIGHUP" } else { "the file changed" };
-            let load = || -> Result<(Config, Gateway), Box<dyn Error>> {
-                let config = Config::load(path)?;
-                let gateway = config
-                    .gateway_builder()?
-                    .keep_state_of(&reload.current())
-                    .build()?;
-                Ok((config, gateway))
+            // Parsing and building take a while: not on the thread that serves requests.
+            let load = {
+                let (path, current) = (path.to_owned(), reload.current());
+                move || -> Result<(Config, Gateway), String> {
+                    let mut config = Config::load(&path).map_err(|error| error.to_string())?;
+                    if let Some(listen) = listen {
+                        config.server.listen = listen;
+                    }
+                    let gateway = config
+                        .gateway_builder()
+                        .map_err(|error| error.to_string())?
+                        .keep_state_of(&current)
+                        .build()
+                        .map_err(|error| error.to_string())?;
+                    Ok((config, gateway))
+                }
             };
-            match load() {
+            let loaded = tokio::task::spawn_blocking(load)
+                .await
+                .unwrap_or_else(|error| Err(format!("the reload failed: {error}")));
+            match loaded {
                 Ok((config, gateway)) => {
                     reload.reload(gateway);
                     tracing::info!(
