@@ -128,36 +128,25 @@ impl Template {
 /// A terminal service that treats a request the way the proxy does before it hands it to
 /// the client: a request carrying a [`HandBack`] is sent as a copy of its head (the original
 /// header map, with a copy kept) and its parts are left in the `HandBack`; any other request
-/// is sent as it is.
-fn proxy_like<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
-    tower::service_fn(|mut req: Request<B>| {
-        if let Some(slot) = req.extensions_mut().remove::<HandBack>() {
+/// is sent as it is, or, with `always_copy`, after the same header copy.
+fn proxy_like<B>(
+    always_copy: bool,
+) -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
+    tower::service_fn(move |mut req: Request<B>| {
+        let slot = req.extensions_mut().remove::<HandBack>();
+        if slot.is_some() || always_copy {
             let (mut parts, body) = req.into_parts();
             let kept = parts.headers.clone();
             let mut sent = Request::new(body);
             *sent.method_mut() = parts.method.clone();
             *sent.headers_mut() = std::mem::replace(&mut parts.headers, kept);
-            slot.put(parts);
+            match slot {
+                Some(slot) => slot.put(parts),
+                None => drop(black_box(parts)),
+            }
             req = sent;
         }
         upstream(black_box(req))
-    })
-}
-
-/// [`proxy_like`], but keeping a copy of the headers for every request, handed back or not.
-fn copying_proxy_like<B>() -> impl Service<Request<B>, Response = Res, Error = Infallible> + Clone {
-    tower::service_fn(|mut req: Request<B>| {
-        let slot = req.extensions_mut().remove::<HandBack>();
-        let (mut parts, body) = req.into_parts();
-        let kept = parts.headers.clone();
-        let mut sent = Request::new(body);
-        *sent.method_mut() = parts.method.clone();
-        *sent.headers_mut() = std::mem::replace(&mut parts.headers, kept);
-        match slot {
-            Some(slot) => slot.put(parts),
-            None => drop(black_box(parts)),
-        }
-        upstream(black_box(sent))
     })
 }
 
@@ -331,8 +320,8 @@ fn layers(c: &mut Criterion) {
         &mut group,
         "retry_get_hand_back",
         &template,
-        proxy_like(),
-        RetryLayer::new(2).hand_back(true).layer(proxy_like()),
+        proxy_like(false),
+        RetryLayer::new(2).hand_back(true).layer(proxy_like(false)),
     );
     // The same, against a terminal service that makes that header copy whether or not it is
     // asked to: the retry layer's own work alone (the budget, the hand-back slot, the clone
@@ -341,10 +330,8 @@ fn layers(c: &mut Criterion) {
         &mut group,
         "retry_get_hand_back_layer_only",
         &template,
-        copying_proxy_like(),
-        RetryLayer::new(2)
-            .hand_back(true)
-            .layer(copying_proxy_like()),
+        proxy_like(true),
+        RetryLayer::new(2).hand_back(true).layer(proxy_like(true)),
     );
     // tower's own `Retry` with the least policy that can retry a GET (it copies the request
     // before sending it, and never retries here): the floor any retry layer that keeps a

@@ -85,43 +85,18 @@ impl Gateway {
 
     /// Waits for the `listening on ADDR` line and returns ADDR.
     fn listening(&self) -> SocketAddr {
-        loop {
-            let line = match self.stderr.recv_timeout(WAIT) {
-                Ok(line) => line,
-                Err(error) => panic!("no `listening on` line: {error}"),
-            };
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                // Plain text or JSON: the address ends where its characters do.
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
-                    .unwrap_or(rest.len());
-                let addr = &rest[..end];
-                return addr
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad address in {line:?}"));
-            }
-        }
+        let line = self.line_with("listening on ");
+        addr_after(&line, "listening on ").unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// Waits for the admin line and the `listening on` line; returns (admin, gateway).
     fn admin_and_listening(&self) -> (SocketAddr, SocketAddr) {
         let mut admin = None;
         loop {
-            let line = match self.stderr.recv_timeout(WAIT) {
-                Ok(line) => line,
-                Err(error) => panic!("no admin or `listening on` line: {error}"),
-            };
-            let addr_after = |marker: &str| {
-                line.split_once(marker).map(|(_, rest)| {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let addr = addr.trim_end_matches(':');
-                    addr.parse::<SocketAddr>()
-                        .unwrap_or_else(|_| panic!("bad address in {line:?}"))
-                })
-            };
-            if let Some(addr) = addr_after("admin endpoints on ") {
+            let line = self.line_with(" on ");
+            if let Some(addr) = addr_after(&line, "admin endpoints on ") {
                 admin = Some(addr);
-            } else if let Some(addr) = addr_after("listening on ") {
+            } else if let Some(addr) = addr_after(&line, "listening on ") {
                 return (admin.expect("the admin line comes first"), addr);
             }
         }
@@ -147,11 +122,7 @@ impl Gateway {
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        self.signal("-TERM");
     }
 
     fn wait(&mut self) -> ExitStatus {
@@ -187,6 +158,20 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The address that follows `marker` in a log line, plain text or JSON: it ends where its
+/// characters do (a `:` right after it is punctuation).
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let (_, rest) = line.split_once(marker)?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    let addr = rest[..end].trim_end_matches(':');
+    Some(
+        addr.parse()
+            .unwrap_or_else(|_| panic!("bad address after {marker:?} in {line:?}")),
+    )
 }
 
 /// A config file in the temp directory, removed on drop.

@@ -33,7 +33,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +46,7 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_gateway::builder::Gateway;
-use tower_gateway::config::Config;
+use tower_gateway::config::{Config, ConfigError};
 use tower_gateway::reload::{ReloadHandle, reloadable};
 use tower_gateway::server::Server;
 use tracing_subscriber::EnvFilter;
@@ -201,16 +201,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::from_toml_str(DEFAULT_CONFIG)?,
-    };
-    // What the watcher compares the file with: read right after the load, so that an edit
-    // made from now on is seen as one.
+    // The bytes the config is parsed from are what the reload watcher compares the file
+    // with, so no edit can fall between the load and the watch.
     let loaded = args
         .config
         .as_deref()
         .and_then(|path| std::fs::read(path).ok());
+    let mut config = match &args.config {
+        Some(path) => parse_config(path, loaded.as_deref())?,
+        None => Config::from_toml_str(DEFAULT_CONFIG)?,
+    };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -314,6 +314,15 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     })
 }
 
+/// The config in `bytes`, the contents of the file at `path`. When they could not be read or
+/// are not UTF-8, the file is read again by [`Config::load`], whose error names it.
+fn parse_config(path: &Path, bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
+    match bytes.and_then(|bytes| std::str::from_utf8(bytes).ok()) {
+        Some(text) => Config::from_toml_str(text),
+        None => Config::load(path),
+    }
+}
+
 /// Reloads the config file at `path` on SIGHUP and when its contents change from `seen`
 /// (checked every second), swapping the gateway `reload` serves; `listen` is the command
 /// line's override of `server.listen`. Logs SIGHUPs and does nothing else without a file.
@@ -366,8 +375,10 @@ fn watch_config(
             // Parsing and building take a while: not on the thread that serves requests.
             let load = {
                 let (path, current) = (path.to_owned(), reload.current());
+                let bytes = seen.clone();
                 move || -> Result<(Config, Gateway), String> {
-                    let mut config = Config::load(&path).map_err(|error| error.to_string())?;
+                    let mut config =
+                        parse_config(&path, bytes.as_deref()).map_err(|error| error.to_string())?;
                     if let Some(listen) = listen {
                         config.server.listen = listen;
                     }
