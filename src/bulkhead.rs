@@ -96,14 +96,25 @@ use tower::{Layer, Service};
 
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 
+/// A slot taken or given back, as [`BulkheadLayer::on_slot_change`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlotChange {
+    /// A request took a slot: one more in flight.
+    Taken,
+    /// A request gave its slot back (its body ended, or it was dropped): one fewer.
+    Released,
+}
+
+type SlotHook = Arc<dyn Fn(SlotChange) + Send + Sync>;
+
 /// The slots of one bulkhead, shared by every clone of its layer and services.
 #[derive(Clone)]
 struct Limit {
     max: usize,
     permits: Arc<Semaphore>,
-    /// Follows the slots in use, when set.
-    #[cfg(feature = "metrics")]
-    gauge: Option<::metrics::Gauge>,
+    /// Told of every slot taken and given back, when set.
+    hook: Option<SlotHook>,
 }
 
 impl Limit {
@@ -113,8 +124,7 @@ impl Limit {
         Self {
             max,
             permits: Arc::new(Semaphore::new(max)),
-            #[cfg(feature = "metrics")]
-            gauge: None,
+            hook: None,
         }
     }
 
@@ -122,14 +132,12 @@ impl Limit {
     fn try_admit(&self) -> Option<Permit> {
         // The semaphore is never closed, so an error always means "no slot free".
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
-        #[cfg(feature = "metrics")]
-        if let Some(gauge) = &self.gauge {
-            gauge.increment(1.0);
+        if let Some(hook) = &self.hook {
+            hook(SlotChange::Taken);
         }
         Some(Permit {
             _permit: permit,
-            #[cfg(feature = "metrics")]
-            gauge: self.gauge.clone(),
+            hook: self.hook.clone(),
         })
     }
 
@@ -165,13 +173,10 @@ impl BulkheadLayer {
         }
     }
 
-    /// A layer that admits every request and holds no permit, so that routes with and
-    /// without a bulkhead have the same service type.
-    #[cfg_attr(
-        not(feature = "proxy"),
-        allow(dead_code, reason = "used by the builder")
-    )]
-    pub(crate) fn unlimited() -> Self {
+    /// A layer that admits every request and holds no slot, so that services with and
+    /// without a limit have one type (the gateway builder uses it for routes without a
+    /// bulkhead). Its response body is the same [`ResponseBody`], never holding a slot.
+    pub fn unlimited() -> Self {
         Self {
             limit: None,
             render: ProblemJson,
@@ -193,17 +198,32 @@ impl<R> BulkheadLayer<R> {
         max_concurrent(self.limit.as_ref())
     }
 
-    /// Keeps `gauge` at the number of slots in use (the builder's is
-    /// `gateway_bulkhead_in_flight{route}`); a layer without a limit leaves it alone. Set
-    /// it before the layer is used.
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-    pub fn in_flight_gauge(mut self, gauge: ::metrics::Gauge) -> Self {
+    /// Calls `hook` each time a request takes a slot and each time a slot is given back, on
+    /// the task that takes or gives it (keep it cheap: it runs on the request path). A
+    /// layer without a limit never calls it. The gateway's metrics keep
+    /// `gateway_bulkhead_in_flight{route}` with it. Set it before the layer is used: slots
+    /// taken before keep the hook they were taken with (none), so their release is not
+    /// reported either.
+    pub fn on_slot_change<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(SlotChange) + Send + Sync + 'static,
+    {
         if let Some(limit) = &mut self.limit {
-            // Only ever moved by increments and decrements: another layer (one a reload
-            // replaced) may share the series and still give slots back.
-            gauge.increment(limit.in_flight() as f64);
-            limit.gauge = Some(gauge);
+            limit.hook = Some(Arc::new(hook));
+        }
+        self
+    }
+
+    /// This layer with `other`'s slots (and `other`'s slot hook), when both have the same
+    /// limit: requests still in flight through `other` count against this layer too. For a
+    /// reload that replaces a stack while it serves (the gateway builder's
+    /// `GatewayBuilder::keep_state_of` calls it); with
+    /// different limits, or either without one, this layer keeps its own slots.
+    pub fn keep_state_of<R2>(mut self, other: &BulkheadLayer<R2>) -> Self {
+        if let (Some(mine), Some(theirs)) = (&self.limit, &other.limit) {
+            if mine.max == theirs.max {
+                self.limit = Some(theirs.clone());
+            }
         }
         self
     }
@@ -426,16 +446,14 @@ enum Slot {
 /// One slot of a bulkhead, given back when dropped.
 struct Permit {
     _permit: OwnedSemaphorePermit,
-    /// The in-flight gauge to take this slot off when it is given back.
-    #[cfg(feature = "metrics")]
-    gauge: Option<::metrics::Gauge>,
+    /// The hook to tell when this slot is given back.
+    hook: Option<SlotHook>,
 }
 
-#[cfg(feature = "metrics")]
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(gauge) = &self.gauge {
-            gauge.decrement(1.0);
+        if let Some(hook) = &self.hook {
+            hook(SlotChange::Released);
         }
     }
 }
@@ -631,6 +649,56 @@ mod tests {
         assert_eq!(layer.in_flight(), 2);
         drop(held);
         assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_slot_hook_sees_every_slot_taken_and_given_back() {
+        let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&changes);
+        let layer = BulkheadLayer::new(nz(1))
+            .on_slot_change(move |change| seen.lock().unwrap().push(change));
+        let svc = layer.layer(service_fn(upstream));
+        let held = get(&svc, "/stream").await;
+        assert_eq!(
+            get(&svc, "/ok").await.status(),
+            429,
+            "a refusal takes no slot"
+        );
+        assert_eq!(*changes.lock().unwrap(), [SlotChange::Taken]);
+        drop(held);
+        assert_eq!(
+            *changes.lock().unwrap(),
+            [SlotChange::Taken, SlotChange::Released]
+        );
+        // An unlimited layer never calls it.
+        let unlimited = BulkheadLayer::unlimited().on_slot_change(|_| panic!("no slots"));
+        let res = unlimited
+            .layer(service_fn(upstream))
+            .oneshot(req("/ok"))
+            .await;
+        assert_eq!(res.unwrap().status(), 200);
+    }
+
+    #[tokio::test]
+    async fn keep_state_of_shares_the_slots_only_with_the_same_limit() {
+        let (old, svc, _) = setup(1);
+        let held = get(&svc, "/stream").await;
+        let same = BulkheadLayer::new(nz(1)).keep_state_of(&old);
+        assert_eq!(
+            same.in_flight(),
+            1,
+            "the slot held through the old layer counts"
+        );
+        let res = same.layer(service_fn(upstream)).oneshot(req("/ok")).await;
+        assert_eq!(res.unwrap().status(), 429);
+        let other = BulkheadLayer::new(nz(2)).keep_state_of(&old);
+        assert_eq!(
+            other.in_flight(),
+            0,
+            "another limit starts with its own slots"
+        );
+        drop(held);
+        assert_eq!(same.in_flight(), 0);
     }
 
     #[tokio::test]

@@ -1,19 +1,20 @@
 //! Request metrics through the [`metrics`](https://docs.rs/metrics) facade, so that you pick
 //! the exporter (Prometheus, StatsD, ...) by installing its recorder.
 //!
-//! [`MetricsLayer`] counts a route's requests and rejections and times them. The gateway
-//! builder puts one at the top of every route (and counts the requests no route takes); the
-//! other gateway metrics come from the pieces that know them:
+//! This module is an adapter: no layer of the crate records a metric itself. [`MetricsLayer`]
+//! counts a route's requests and rejections and times them; the other metrics are recorded
+//! from the layers' neutral hooks, which the gateway builder wires in one place (and which a
+//! stack of your own can wire the same way):
 //!
 //! | metric | kind | labels | from |
 //! |---|---|---|---|
-//! | `gateway_requests_total` | counter | `route`, `method`, `status` | [`MetricsLayer`] (and the router, for `route=""`) |
+//! | `gateway_requests_total` | counter | `route`, `method`, `status` | [`MetricsLayer`]; [`record_unrouted`] from the router's `on_refusal` hook for `route=""` |
 //! | `gateway_request_duration_seconds` | histogram | `route` | [`MetricsLayer`]: until the response head |
 //! | `gateway_rejections_total` | counter | `route`, `reason` | [`MetricsLayer`]: the gateway's own answers, by [`reason`](RejectionKind::reason) |
-//! | `gateway_upstream_duration_seconds` | histogram | `route` | the proxy: each attempt that got the upstream's response head, until then |
-//! | `gateway_retries_total` | counter | `route` | retry: each retry decided on (after its backoff it is sent unless the client left) |
-//! | `gateway_bulkhead_in_flight` | gauge | `route` | the bulkhead: requests holding a slot |
-//! | `gateway_circuit_breaker_state` | gauge | `route` | the breaker: 0 closed, 1 open, 2 half-open |
+//! | `gateway_upstream_duration_seconds` | histogram | `route` | the proxy's `on_attempt` hook: each attempt that got the upstream's response head, until then |
+//! | `gateway_retries_total` | counter | `route` | retry's `on_retry` hook: each retry decided on (after its backoff it is sent unless the client left) |
+//! | `gateway_bulkhead_in_flight` | gauge | `route` | the bulkhead's `on_slot_change` hook: requests holding a slot |
+//! | `gateway_circuit_breaker_state` | gauge | `route` | the breaker's `on_state_change` hook ([`breaker_state_value`]): 0 closed, 1 open, 2 half-open |
 //!
 //! - `method` is the request method for the nine standard ones, else `other`; `status` is the
 //!   response status code, or `499` for a request whose client went away before its answer.

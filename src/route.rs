@@ -59,7 +59,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::Oneshot;
@@ -156,11 +156,23 @@ struct Entry<S> {
     service: S,
 }
 
+type MatchHook = Arc<dyn Fn(&MatchedRoute) + Send + Sync>;
+type RefusalHook = Arc<dyn Fn(&Method, &Rejection) + Send + Sync>;
+
+/// What the router tells its observers (see [`RouterBuilder::on_match`] and
+/// [`RouterBuilder::on_refusal`]).
+#[derive(Clone, Default)]
+struct Hooks {
+    on_match: Option<MatchHook>,
+    on_refusal: Option<RefusalHook>,
+}
+
 /// Collects routes for a [`Router`].
 #[must_use]
 pub struct RouterBuilder<S, R = ProblemJson> {
     routes: Vec<Entry<S>>,
     render: R,
+    hooks: Hooks,
 }
 
 impl<S, R> fmt::Debug for RouterBuilder<S, R> {
@@ -189,7 +201,31 @@ impl<S, R> RouterBuilder<S, R> {
         RouterBuilder {
             routes: self.routes,
             render,
+            hooks: self.hooks,
         }
+    }
+
+    /// Calls `hook` with each request's [`MatchedRoute`] when a route takes it, before the
+    /// route's service is called, in the task (and tracing span) of the call. It runs on
+    /// the request path, so keep it cheap. The gateway's request span records its `route`
+    /// field with it.
+    pub fn on_match<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&MatchedRoute) + Send + Sync + 'static,
+    {
+        self.hooks.on_match = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with the method and the rejection of each request the router answers
+    /// itself (no route matches, or a path it refuses), before the answer is rendered. The
+    /// gateway's metrics count these under `route=""` with it.
+    pub fn on_refusal<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Method, &Rejection) + Send + Sync + 'static,
+    {
+        self.hooks.on_refusal = Some(Arc::new(hook));
+        self
     }
 
     /// Checks every prefix and builds the router.
@@ -210,6 +246,7 @@ impl<S, R> RouterBuilder<S, R> {
         Ok(Router {
             routes: self.routes.into(),
             render: self.render,
+            hooks: self.hooks,
         })
     }
 }
@@ -221,6 +258,7 @@ impl<S, R> RouterBuilder<S, R> {
 pub struct Router<S, R = ProblemJson> {
     routes: Arc<[Entry<S>]>,
     render: R,
+    hooks: Hooks,
 }
 
 impl<S> Router<S> {
@@ -229,6 +267,7 @@ impl<S> Router<S> {
         RouterBuilder {
             routes: Vec::new(),
             render: ProblemJson,
+            hooks: Hooks::default(),
         }
     }
 }
@@ -238,6 +277,7 @@ impl<S, R: Clone> Clone for Router<S, R> {
         Self {
             routes: Arc::clone(&self.routes),
             render: self.render.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }
@@ -290,14 +330,14 @@ fn strip(uri: &Uri, prefix: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-/// Counts a request the router answers itself (with the `metrics` feature:
-/// `gateway_requests_total` and `gateway_rejections_total` with `route=""`).
-#[inline]
-fn unrouted<B>(req: &Request<B>, rejection: &Rejection) {
-    #[cfg(feature = "metrics")]
-    crate::metrics::record_unrouted(req.method(), rejection);
-    #[cfg(not(feature = "metrics"))]
-    let _ = (req, rejection);
+impl<S, R> Router<S, R> {
+    /// Tells the refusal hook, if any, of a request the router answers itself.
+    #[inline]
+    fn refused<B>(&self, req: &Request<B>, rejection: &Rejection) {
+        if let Some(hook) = &self.hooks.on_refusal {
+            hook(req.method(), rejection);
+        }
+    }
 }
 
 impl<S, R, ReqB, ResB> Service<Request<ReqB>> for Router<S, R>
@@ -321,19 +361,19 @@ where
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request target must be an absolute path")
                 .for_request(&req);
-            unrouted(&req, &rejection);
+            self.refused(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         }
         if has_dot_dot(path) {
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request path has a `..` segment")
                 .for_request(&req);
-            unrouted(&req, &rejection);
+            self.refused(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         }
         let Some(index) = self.find(path) else {
             let rejection = Rejection::new(RejectionKind::NotFound).for_request(&req);
-            unrouted(&req, &rejection);
+            self.refused(&req, &rejection);
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         };
         let entry = &self.routes[index];
@@ -345,9 +385,11 @@ where
                 }
                 None => false,
             };
-        crate::trace::record_route(&entry.prefix);
-        req.extensions_mut()
-            .insert(MatchedRoute::new(Arc::clone(&entry.prefix), stripped));
+        let matched = MatchedRoute::new(Arc::clone(&entry.prefix), stripped);
+        if let Some(hook) = &self.hooks.on_match {
+            hook(&matched);
+        }
+        req.extensions_mut().insert(matched);
         ResponseFuture::route(Oneshot::new(entry.service.clone(), req))
     }
 }
@@ -445,6 +487,31 @@ mod tests {
             .route("/api/a/deep", true, Tag("deep"))
             .build()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hooks_see_each_match_and_each_refusal() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (matched, refused) = (Arc::clone(&seen), Arc::clone(&seen));
+        let router = Router::builder()
+            .route("/api/a", true, Tag("a"))
+            .on_match(move |route: &MatchedRoute| {
+                let entry = format!("match {} {}", route.prefix(), route.stripped());
+                matched.lock().unwrap().push(entry);
+            })
+            .on_refusal(move |method: &Method, rejection: &Rejection| {
+                let entry = format!("refuse {method} {}", rejection.status().as_u16());
+                refused.lock().unwrap().push(entry);
+            })
+            .build()
+            .unwrap();
+        assert_eq!(get(&router, "/api/a/x").await.0, 200);
+        assert_eq!(get(&router, "/other").await.0, 404);
+        assert_eq!(get(&router, "/api/a/../b").await.0, 400);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["match /api/a true", "refuse GET 404", "refuse GET 400"]
+        );
     }
 
     async fn get(router: &Router<Tag>, uri: &str) -> (u16, String) {

@@ -3,8 +3,8 @@
 //!
 //! [`RequestSpanLayer`] opens an `info` span named `request` with the fields
 //! `correlation_id` (from the [`CorrelationId`] extension), `method`, `path` (never the query,
-//! which can carry a token), `route` (recorded by the [`Router`](crate::route::Router) when a
-//! route matches), `status` and `latency_ms`. Everything that happens for the request
+//! which can carry a token), `route` (recorded by [`record_route`], which the gateway builder calls
+//! when a route matches), `status` and `latency_ms`. Everything that happens for the request
 //! (retries, breaker transitions, rejections, upstream errors) is logged inside it. When the
 //! response head is ready it records `status` and `latency_ms` and emits one `info` event,
 //! with `rejection` set when the gateway answered by itself. A client that leaves first gets
@@ -58,9 +58,12 @@ use crate::rejection::Rejection;
 /// The status logged for a request whose client left before its answer.
 const CLIENT_CLOSED: u16 = 499;
 
-/// Records `route` in the current request's span; the router calls it when a route matches.
+/// Records `route` as the `route` field of the current request's span, when there is one.
+///
+/// Call it where the route is known, inside the span: the gateway builder calls it from the
+/// router's [`on_match`](crate::route::RouterBuilder::on_match) hook with the route prefix.
 #[inline]
-pub(crate) fn record_route(route: &str) {
+pub fn record_route(route: &str) {
     let span = Span::current();
     if !span.is_disabled() {
         span.record("route", route);

@@ -105,14 +105,12 @@ impl<C, R> CircuitBreakerLayer<C, R> {
         self.breaker.state()
     }
 
-    /// This layer with `other`'s breaker: its state, counts and hook carry over (a reloaded
-    /// gateway keeps them for routes whose breaker settings did not change), while this
-    /// layer's classifier and rendering apply.
-    #[cfg_attr(
-        not(feature = "proxy"),
-        allow(dead_code, reason = "used by the builder")
-    )]
-    pub(crate) fn sharing_breaker_of<C2, R2>(self, other: &CircuitBreakerLayer<C2, R2>) -> Self {
+    /// This layer with `other`'s breaker: its state, counts, trip policy, cooldown and
+    /// [hook](Self::on_state_change) carry over, while this layer's classifier and rendering
+    /// apply. For a reload that replaces a stack while it serves: the gateway builder's
+    /// `GatewayBuilder::keep_state_of` calls it for routes
+    /// whose breaker settings did not change, so an open circuit stays open.
+    pub fn keep_state_of<C2, R2>(self, other: &CircuitBreakerLayer<C2, R2>) -> Self {
         Self {
             breaker: Arc::clone(&other.breaker),
             ..self

@@ -55,6 +55,6 @@ mod upgrade;
 pub use error::ProxyError;
 pub use forward::{TrustedProxies, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use service::{
-    Balance, ProxyClient, ProxyService, ResponseFuture, RoundRobin, Upstream, UpstreamError,
-    default_client,
+    Attempt, Balance, ProxyClient, ProxyService, ResponseFuture, RoundRobin, Upstream,
+    UpstreamError, default_client,
 };

@@ -149,40 +149,56 @@ impl Balance for RoundRobin {
 
 struct Inner<B, L> {
     client: ProxyClient<B>,
-    upstreams: Box<[Upstream]>,
+    upstreams: Arc<[Upstream]>,
     balance: L,
     trusted: TrustedProxies,
     proto: HeaderValue,
-    #[cfg(feature = "metrics")]
-    upstream_duration: Option<::metrics::Histogram>,
+    on_attempt: Option<AttemptHook>,
 }
 
-/// Times one upstream attempt, to its response head, when the proxy has a histogram for it
-/// (with the `metrics` feature; nothing at all without it).
-struct UpstreamTimer {
-    #[cfg(feature = "metrics")]
-    started: Option<(tokio::time::Instant, ::metrics::Histogram)>,
+/// One upstream attempt as the proxy saw it, for [`ProxyService::on_attempt`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Attempt<'a> {
+    /// The upstream it went to.
+    pub upstream: &'a Upstream,
+    /// From sending the request until the response head arrived, or until the exchange
+    /// failed.
+    pub latency: Duration,
+    /// The upstream's status, or why no response head came.
+    pub outcome: Result<StatusCode, &'a ProxyError>,
 }
 
-impl UpstreamTimer {
+type AttemptHook = Arc<dyn Fn(&Attempt<'_>) + Send + Sync>;
+
+/// What an attempt needs to report itself when it ends, kept only when there is a hook.
+struct AttemptTimer {
+    started: Option<(tokio::time::Instant, AttemptHook, Arc<[Upstream]>, usize)>,
+}
+
+impl AttemptTimer {
     #[inline]
-    fn start<B, L>(inner: &Inner<B, L>) -> Self {
-        #[cfg(not(feature = "metrics"))]
-        let _ = inner;
+    fn start<B, L>(inner: &Inner<B, L>, index: usize) -> Self {
         Self {
-            #[cfg(feature = "metrics")]
-            started: inner
-                .upstream_duration
-                .as_ref()
-                .map(|histogram| (tokio::time::Instant::now(), histogram.clone())),
+            started: inner.on_attempt.as_ref().map(|hook| {
+                (
+                    tokio::time::Instant::now(),
+                    Arc::clone(hook),
+                    Arc::clone(&inner.upstreams),
+                    index,
+                )
+            }),
         }
     }
 
     #[inline]
-    fn stop(&mut self) {
-        #[cfg(feature = "metrics")]
-        if let Some((started, histogram)) = self.started.take() {
-            histogram.record(started.elapsed().as_secs_f64());
+    fn stop(&mut self, outcome: Result<StatusCode, &ProxyError>) {
+        if let Some((started, hook, upstreams, index)) = self.started.take() {
+            hook(&Attempt {
+                upstream: &upstreams[index],
+                latency: started.elapsed(),
+                outcome,
+            });
         }
     }
 }
@@ -236,8 +252,7 @@ impl<B, L: Balance> ProxyService<B, L> {
                 balance,
                 trusted: TrustedProxies::none(),
                 proto: HeaderValue::from_static("http"),
-                #[cfg(feature = "metrics")]
-                upstream_duration: None,
+                on_attempt: None,
             }),
         }
     }
@@ -254,12 +269,16 @@ impl<B, L: Balance> ProxyService<B, L> {
         self
     }
 
-    /// Records each attempt's time to the upstream's response head in `histogram` (the
-    /// builder's is `gateway_upstream_duration_seconds{route}`). Call before cloning.
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-    pub fn upstream_duration(mut self, histogram: ::metrics::Histogram) -> Self {
-        self.inner_mut().upstream_duration = Some(histogram);
+    /// Calls `hook` when each upstream attempt ends: at its response head, or when the
+    /// exchange fails before one (with the upstream, the latency and the outcome). It runs
+    /// on the request path, so keep it cheap; without a hook no clock is read. The
+    /// gateway's metrics record `gateway_upstream_duration_seconds{route}` with it. Call
+    /// before cloning.
+    pub fn on_attempt<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Attempt<'_>) + Send + Sync + 'static,
+    {
+        self.inner_mut().on_attempt = Some(Arc::new(hook));
         self
     }
 
@@ -285,7 +304,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let inner = &*self.inner;
-        let upstream = &inner.upstreams[inner.balance.pick(&inner.upstreams)];
+        let index = inner.balance.pick(&inner.upstreams);
+        let upstream = &inner.upstreams[index];
         let correlation_id = req.extensions().get::<CorrelationId>().cloned();
         let Some(uri) = upstream.uri_for(req.uri()) else {
             let rejection = Rejection::new(RejectionKind::BadRequest)
@@ -314,7 +334,7 @@ where
         *req.version_mut() = Version::HTTP_11;
         ResponseFuture {
             state: State::Forward {
-                timer: UpstreamTimer::start(inner),
+                timer: AttemptTimer::start(inner, index),
                 fut: inner.client.request(req),
                 client_upgrade,
                 correlation_id,
@@ -354,7 +374,7 @@ pin_project! {
             fut: hyper_util::client::legacy::ResponseFuture,
             client_upgrade: Option<(OnUpgrade, UpgradeGuards)>,
             correlation_id: Option<CorrelationId>,
-            timer: UpstreamTimer,
+            timer: AttemptTimer,
         },
         Answer { res: Option<Response<GatewayBody<Incoming>>> },
     }
@@ -390,7 +410,7 @@ impl Future for ResponseFuture {
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
-                    timer.stop();
+                    timer.stop(Ok(res.status()));
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let Some((client, guards)) = client_upgrade.take() else {
                             // Nothing to join it to: the client would wait on a dead socket.
@@ -407,6 +427,7 @@ impl Future for ResponseFuture {
                 }
                 Poll::Ready(Err(error)) => {
                     let error = ProxyError::from_client(error);
+                    timer.stop(Err(&error));
                     tracing::debug!(%error, source = ?std::error::Error::source(&error), "upstream failed");
                     let detail = if error.is_connect() {
                         "the upstream could not be reached"

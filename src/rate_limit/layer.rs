@@ -86,12 +86,11 @@ where
 
 impl<X, St, R> RateLimitLayer<X, St, R> {
     /// This layer with `other`'s store: the budgets its clients have spent so far carry
-    /// over (a reloaded gateway keeps them for routes whose quota did not change).
-    #[cfg_attr(
-        not(feature = "proxy"),
-        allow(dead_code, reason = "used by the builder")
-    )]
-    pub(crate) fn sharing_store_of<R2>(self, other: &RateLimitLayer<X, St, R2>) -> Self {
+    /// over, while this layer's key extractor, headers and rendering apply. For a reload
+    /// that replaces a stack while it serves: the gateway builder's
+    /// `GatewayBuilder::keep_state_of` calls it for routes
+    /// whose quota did not change and whose budgets live in the process.
+    pub fn keep_state_of<R2>(self, other: &RateLimitLayer<X, St, R2>) -> Self {
         Self {
             store: Arc::clone(&other.store),
             ..self

@@ -108,12 +108,9 @@ enum RouteStoreInner<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> RouteStore<K> {
-    /// Whether the budgets live in this process (and so would be lost with the store).
-    #[cfg_attr(
-        not(feature = "proxy"),
-        allow(dead_code, reason = "used by the builder")
-    )]
-    pub(crate) fn is_local(&self) -> bool {
+    /// Whether the budgets live in this process (and so would be lost with the store,
+    /// unless a reload [keeps](super::RateLimitLayer::keep_state_of) it).
+    pub fn is_local(&self) -> bool {
         matches!(self.0, RouteStoreInner::Local(_))
     }
 }

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::budget::RetryBudget;
 use super::future::ResponseFuture;
-use super::policy::{DELETE, GET, HEAD, OPTIONS, PUT, RetryPolicy, Settings};
+use super::policy::{DELETE, GET, HEAD, OPTIONS, PUT, RetryPolicy, Retrying, Settings};
 use super::replay_body::RetryBody;
 use crate::classify::{FailureClassifier, ServerErrors};
 
@@ -45,6 +45,7 @@ impl RetryLayer {
                 budget: Arc::new(RetryBudget::default()),
                 classifier: Arc::new(ServerErrors),
                 hand_back: false,
+                on_retry: None,
             },
         }
     }
@@ -116,6 +117,7 @@ impl<C> RetryLayer<C> {
                 budget: s.budget,
                 classifier: Arc::new(classifier),
                 hand_back: s.hand_back,
+                on_retry: s.on_retry,
             },
         }
     }
@@ -131,6 +133,17 @@ impl<C> RetryLayer<C> {
     /// extensions and sends the copy of the headers that the proxy has to make anyway.
     pub fn hand_back(mut self, on: bool) -> Self {
         self.settings.hand_back = on;
+        self
+    }
+
+    /// Calls `hook` each time a retry is decided on, before its wait (after the wait it is
+    /// sent, unless the client left). It runs on the request path, so keep it cheap. The
+    /// gateway's metrics count `gateway_retries_total{route}` with it.
+    pub fn on_retry<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Retrying) + Send + Sync + 'static,
+    {
+        self.settings.on_retry = Some(Arc::new(hook));
         self
     }
 

@@ -90,7 +90,7 @@ mod replay_body;
 pub use budget::{BudgetError, RetryBudget};
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_BASE_DELAY, DEFAULT_REPLAY_LIMIT, Retry, RetryLayer};
-pub use policy::RetryPolicy;
+pub use policy::{RetryPolicy, Retrying};
 pub use replay_body::RetryBody;
 
 #[cfg(test)]

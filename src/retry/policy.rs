@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{RETRY_AFTER, UPGRADE};
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::time::Sleep;
 
@@ -39,13 +39,30 @@ pub(super) struct Settings<C> {
     pub(super) classifier: Arc<C>,
     /// The service inside hands request heads back (see `RetryLayer::hand_back`).
     pub(super) hand_back: bool,
+    /// Told of every retry decided on (see `RetryLayer::on_retry`).
+    pub(super) on_retry: Option<RetryHook>,
 }
+
+/// A retry decided on, as [`RetryLayer::on_retry`](super::RetryLayer::on_retry) reports it.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Retrying {
+    /// Which retry this is, from 1 (the request's second attempt).
+    pub attempt: u32,
+    /// The wait before it is sent: the backoff, or the upstream's `Retry-After`.
+    pub wait: Duration,
+    /// The failed attempt's status, or `None` when it ended in an error.
+    pub status: Option<StatusCode>,
+}
+
+pub(super) type RetryHook = Arc<dyn Fn(&Retrying) + Send + Sync>;
 
 impl<C> Clone for Settings<C> {
     fn clone(&self) -> Self {
         Self {
             budget: Arc::clone(&self.budget),
             classifier: Arc::clone(&self.classifier),
+            on_retry: self.on_retry.clone(),
             ..*self
         }
     }
@@ -62,6 +79,7 @@ impl<C> fmt::Debug for Settings<C> {
             .field("replay_limit", &self.replay_limit)
             .field("budget", &self.budget)
             .field("hand_back", &self.hand_back)
+            .field("on_retry", &self.on_retry.as_ref().map(|_| "<fn>"))
             .finish_non_exhaustive()
     }
 }
@@ -264,12 +282,13 @@ impl<C: FailureClassifier> RetryPolicy<C> {
             path = req.uri().path(),
             "retrying"
         );
-        #[cfg(feature = "metrics")]
-        ::metrics::counter!(
-            crate::metrics::RETRIES_TOTAL,
-            "route" => route.unwrap_or_default().to_owned(),
-        )
-        .increment(1);
+        if let Some(hook) = &self.settings.on_retry {
+            hook(&Retrying {
+                attempt: self.attempts,
+                wait,
+                status: status.and_then(|code| StatusCode::from_u16(code).ok()),
+            });
+        }
         Some(wait)
     }
 
@@ -334,6 +353,7 @@ mod tests {
             budget: Arc::new(RetryBudget::default()),
             classifier: Arc::new(ServerErrors),
             hand_back: false,
+            on_retry: None,
         }
     }
 

@@ -1,0 +1,434 @@
+//! [`GatewayBuilder`]: routes and layers composed into one gateway service, in the contract's
+//! order. This is the only module that knows that order.
+//!
+//! ```text
+//!  request ─▶ CorrelationId   keeps or makes X-Correlation-Id; every answer below carries it
+//!             HopByHop        neither side sees the other's connection headers
+//!             RequestSpan     a tracing span per request and an access-log event per answer
+//!             Router          404 / 400 before any policy: no token spent, no breaker touched
+//!             ├─ Metrics      (feature `metrics`) the route's requests, rejections, latency
+//!             ├─ your route layers (Route::layer), outermost first
+//!             ApiKeyAuth      when auth is on: 401 / 403 before any limit is spent
+//!             RateLimit       per client (identity, else address): 429 + Retry-After
+//!             CircuitBreaker  per route: 503 while open, without touching anything below
+//!             Bulkhead        per route, all clients: 429 at once; held until the body ends
+//!             Retry           safe methods again after a 5xx, 502 or 504; one bulkhead slot
+//!             Timeout         per attempt, until the response head: 504
+//!             ProxyService    streams to an upstream and back: 502 when unreachable
+//! ```
+//!
+//! The breaker sits outside retry, so it counts one outcome per client request (after its
+//! retries); retry sits outside the timeout, so each attempt gets a fresh timeout. A route's
+//! [classifier](Route::classifier) tells both what a failure is.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_gateway::builder::{Gateway, Route};
+//! use tower_gateway::server::Server;
+//!
+//! let gateway = Gateway::builder()
+//!     .route("/api/a", Route::to(["http://127.0.0.1:5051"]).timeout(Duration::from_secs(5)))
+//!     .route("/api/b", Route::to(["http://127.0.0.1:5052", "http://127.0.0.1:5053"]))
+//!     .build()?;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5050").await?;
+//! Server::new().serve(listener, gateway, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Inside axum, mount it under a path with `Router::nest_service("/api", gateway)` (the
+//! gateway then sees paths without `/api`), or for everything axum does not route with
+//! `Router::fallback_service(gateway)`; build it for axum's body type with
+//! `Gateway::<axum::body::Body>::builder()`. Around the whole gateway, wrap it like any
+//! service (`ServiceBuilder::new().layer(..).service(gateway)`).
+
+mod carry;
+mod observe;
+mod route;
+mod stages;
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::util::{BoxCloneSyncService, Either};
+use tower::{Layer, Service};
+
+use self::carry::{Carried, RouteStates};
+use self::observe::{Observed, Observer};
+pub use self::route::{DEFAULT_TIMEOUT, Route};
+use crate::api_key::{ApiKeyAuth, KeySet, X_API_KEY};
+use crate::body::GatewayBody;
+use crate::bulkhead::{Bulkhead, ResponseBody};
+use crate::circuit_breaker::CircuitBreaker;
+use crate::classify::SharedClassifier;
+use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
+use crate::hop_by_hop::{HopByHop, HopByHopLayer};
+use crate::proxy::{ProxyClient, ProxyService, TrustedProxies, UpstreamError, default_client};
+use crate::rate_limit::{
+    Client, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
+};
+use crate::retry::{Retry, RetryBody};
+use crate::route::{RouteError, Router};
+use crate::timeout::{RequestBody, Timeout};
+use crate::trace::{RequestSpan, RequestSpanLayer};
+
+/// The body of every gateway response: the upstream's stream or the gateway's own answer,
+/// holding the route's bulkhead slot until it ends.
+pub type GatewayResponseBody = ResponseBody<GatewayBody<Incoming>>;
+
+/// The response of every gateway stack.
+pub type GatewayResponse = Response<GatewayResponseBody>;
+
+/// A route's stack with the user's layers around it, type-erased: what a
+/// [`Route::layer`] wraps.
+pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
+
+/// The client a gateway forwards with: its request bodies are the client's bodies behind
+/// retry's [`RetryBody`] and the timeout's [`RequestBody`].
+pub type GatewayClient<B> = ProxyClient<ForwardedBody<B>>;
+
+// The stack's own types, innermost first. They stay private, so that the order of the
+// layers can change without breaking anyone.
+
+/// The request body the proxy sends: the client's, replayable by retry, behind the
+/// timeout's progress tracking.
+type ForwardedBody<B> = RequestBody<RetryBody<B>>;
+/// What runs once a request is admitted: the bulkhead (unlimited on a route without one),
+/// retry (passing everything through on a route without one), the timeout and the proxy.
+type Admitted<B> = Bulkhead<Retry<Timeout<ProxyService<ForwardedBody<B>>>, SharedClassifier>>;
+/// The circuit breaker when the route has one.
+type Guarded<B> = Either<CircuitBreaker<Admitted<B>, SharedClassifier>, Admitted<B>>;
+/// A route's rate-limit layer: per client, in-process or in a shared store.
+type RouteLimit = RateLimitLayer<ClientKey, RouteStore<Client>>;
+/// The rate limit when the route has one.
+type Limited<B> = Either<RateLimit<Guarded<B>, ClientKey, RouteStore<Client>>, Guarded<B>>;
+/// Auth when it is on.
+type Authed<B> = Either<ApiKeyAuth<Limited<B>, Arc<KeySet>>, Limited<B>>;
+/// The user's layers around it, boxed, when the route has any.
+type RouteService<B> = Observed<Either<Authed<B>, BoxRoute<B>>>;
+type Stack<B> = SetCorrelationId<HopByHop<RequestSpan<Router<RouteService<B>>>>>;
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A bad or duplicate route prefix.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A route's upstream URL is not usable.
+    #[error("route {prefix:?}: {source}")]
+    Upstream {
+        /// The route.
+        prefix: String,
+        /// What is wrong with the URL.
+        source: UpstreamError,
+    },
+    /// A route has no upstream.
+    #[error("route {0:?} has no upstreams")]
+    NoUpstreams(String),
+    /// A route's timeout is zero.
+    #[error("route {0:?}: the timeout must be greater than zero")]
+    ZeroTimeout(String),
+    /// A route's circuit-breaker cooldown is zero.
+    #[error("route {0:?}: the circuit breaker's cooldown must be greater than zero")]
+    ZeroCooldown(String),
+    /// An anonymous sub-path does not start with `/`, or ends with one.
+    #[error(
+        "route {prefix:?}: anonymous sub-path {path:?} must start with '/' and not end with it"
+    )]
+    Anonymous {
+        /// The route.
+        prefix: String,
+        /// The sub-path.
+        path: String,
+    },
+}
+
+/// Collects routes and settings for a [`Gateway`].
+#[must_use]
+pub struct GatewayBuilder<B = Incoming> {
+    routes: Vec<(String, Route<B>)>,
+    auth: Option<(Arc<KeySet>, HeaderName)>,
+    trusted: TrustedProxies,
+    correlation_header: HeaderName,
+    client: Option<GatewayClient<B>>,
+    #[cfg(feature = "redis")]
+    shared_limits: Option<crate::rate_limit::RedisBackend>,
+    /// The state of the gateway this one replaces, to carry over.
+    previous: Option<Arc<RouteStates>>,
+}
+
+impl<B> fmt::Debug for GatewayBuilder<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("routes", &self.routes)
+            .field("auth", &self.auth)
+            .field("trusted", &self.trusted)
+            .field("correlation_header", &self.correlation_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> GatewayBuilder<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Adds a route: paths under `prefix` (on a segment boundary; the longest prefix wins)
+    /// go to `route`.
+    pub fn route(mut self, prefix: impl Into<String>, route: Route<B>) -> Self {
+        self.routes.push((prefix.into(), route));
+        self
+    }
+
+    /// Turns API-key auth on for every route: requests need a key of `keys` in `header`
+    /// (`x-api-key` when `None`), except on each route's [anonymous](Route::anonymous)
+    /// sub-paths.
+    pub fn auth(mut self, keys: KeySet, header: Option<HeaderName>) -> Self {
+        self.auth = Some((Arc::new(keys), header.unwrap_or(X_API_KEY)));
+        self
+    }
+
+    /// Peers whose `X-Forwarded-*` headers are kept (default: none).
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// The correlation ID header (default `x-correlation-id`).
+    pub fn correlation_header(mut self, header: HeaderName) -> Self {
+        self.correlation_header = header;
+        self
+    }
+
+    /// Forwards over `client` instead of [`default_client`].
+    pub fn client(mut self, client: GatewayClient<B>) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Keeps every route's rate-limit budgets in Redis, shared with every other gateway
+    /// instance on the same Redis and key prefix, instead of in this process. Each route
+    /// counts under its own prefix as namespace. See [`rate_limit::redis`](crate::rate_limit::redis).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn rate_limit_store(mut self, redis: crate::rate_limit::RedisBackend) -> Self {
+        self.shared_limits = Some(redis);
+        self
+    }
+
+    /// Carries `previous`'s state over into the gateway being built, for a reload: a route
+    /// (same prefix) whose rate limit has the same quota keeps its clients' spent budgets
+    /// (in-process stores; a Redis store's budgets are in Redis anyway), one whose circuit
+    /// breaker has the same trip policy and cooldown keeps its state and counts, and one
+    /// whose bulkhead has the same limit keeps its slots, so requests still in flight on
+    /// `previous` count against the new gateway's limit too. Everything else starts anew.
+    ///
+    /// Each stateful layer does its part through its own public `keep_state_of`
+    /// ([`RateLimitLayer`](crate::rate_limit::RateLimitLayer::keep_state_of),
+    /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer::keep_state_of),
+    /// [`BulkheadLayer`](crate::bulkhead::BulkheadLayer::keep_state_of)), which a stack of
+    /// your own can call the same way.
+    pub fn keep_state_of(mut self, previous: &Gateway<B>) -> Self {
+        self.previous = Some(Arc::clone(&previous.states));
+        self
+    }
+
+    /// Checks every route and builds the gateway.
+    pub fn build(self) -> Result<Gateway<B>, BuildError> {
+        let client = self.client.clone().unwrap_or_else(default_client);
+        let mut router = observe::router(Router::builder());
+        let mut states = RouteStates::new();
+        for (prefix, route) in &self.routes {
+            let old = self
+                .previous
+                .as_ref()
+                .and_then(|states| states.get(prefix))
+                .cloned()
+                .unwrap_or_default();
+            let mut carried = Carried::default();
+            let service = self.route_stack(prefix, route, &client, &old, &mut carried)?;
+            states.insert(prefix.clone(), carried);
+            router = router.route(prefix.clone(), route.strip_prefix, service);
+        }
+        let router = router.build()?;
+        let inner = CorrelationIdLayer::new()
+            .header(self.correlation_header.clone())
+            .layer(
+                HopByHopLayer::new()
+                    .protect(self.correlation_header)
+                    .layer(RequestSpanLayer::new().layer(router)),
+            );
+        Ok(Gateway {
+            inner,
+            states: Arc::new(states),
+        })
+    }
+
+    /// One route's stack, built from the proxy outwards, one stage a line.
+    fn route_stack(
+        &self,
+        prefix: &str,
+        route: &Route<B>,
+        client: &GatewayClient<B>,
+        old: &Carried,
+        carried: &mut Carried,
+    ) -> Result<RouteService<B>, BuildError> {
+        let upstreams = stages::check(prefix, route)?;
+        let observe = Observer::for_route(prefix);
+        let proxy = observe.proxy(stages::proxy(client, upstreams, &self.trusted));
+        let timeout = stages::timeout(route).layer(proxy);
+        let retry = observe.retry(stages::retry(route)).layer(timeout);
+        let admitted = observe
+            .bulkhead(stages::bulkhead(route, old, carried))
+            .layer(retry);
+        let breaker = stages::circuit_breaker(route, &observe, old, carried);
+        let guarded = stages::optional(breaker, admitted);
+        let store = |quota| self.store_for(prefix, quota);
+        let limit = stages::rate_limit(route, store, &self.trusted, old, carried);
+        let limited = stages::optional(limit, guarded);
+        let auth = stages::auth(prefix, route, self.auth.as_ref());
+        let authed = stages::optional(auth, limited);
+        let service = if route.layers.is_empty() {
+            Either::Left(authed)
+        } else {
+            let boxed = route
+                .layers
+                .iter()
+                .fold(BoxCloneSyncService::new(authed), |inner, wrap| wrap(inner));
+            Either::Right(boxed)
+        };
+        Ok(observe.route(service))
+    }
+
+    /// Where a route's rate-limit budgets live: in the shared store when the builder has
+    /// one, else in the process.
+    fn store_for(&self, prefix: &str, quota: Quota) -> RouteStore<Client> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared_limits {
+            return redis.store(prefix, quota).into();
+        }
+        let _ = prefix;
+        LocalStore::new(quota).into()
+    }
+}
+
+/// The gateway: one `Clone` service of every route and layer; see the [module docs](self).
+///
+/// Cloning is cheap (reference counts), so hyper can clone it per connection and axum per
+/// request. Its error type is [`Infallible`]: every failure is an answer.
+pub struct Gateway<B = Incoming> {
+    inner: Stack<B>,
+    /// What a gateway built with [`GatewayBuilder::keep_state_of`] this one takes over.
+    states: Arc<RouteStates>,
+}
+
+impl<B> Clone for Gateway<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            states: Arc::clone(&self.states),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Gateway<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let router = self.inner.get_ref().get_ref().get_ref();
+        f.debug_struct("Gateway")
+            .field("routes", &router.prefixes().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Gateway<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Starts a gateway with no routes.
+    pub fn builder() -> GatewayBuilder<B> {
+        GatewayBuilder {
+            routes: Vec::new(),
+            auth: None,
+            trusted: TrustedProxies::none(),
+            correlation_header: X_CORRELATION_ID,
+            client: None,
+            #[cfg(feature = "redis")]
+            shared_limits: None,
+            previous: None,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture<B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Gateway`].
+    pub struct ResponseFuture<B>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B: Send,
+        B: Unpin,
+        B: 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        #[pin]
+        inner: <Stack<B> as Service<Request<B>>>::Future,
+    }
+}
+
+impl<B> fmt::Debug for ResponseFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for ResponseFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = Result<GatewayResponse, Infallible>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}

@@ -1,0 +1,174 @@
+//! The observers' wiring: the one place where the [`trace`](crate::trace) adapter and, with
+//! the `metrics` feature, the [`metrics`](crate::metrics) adapter plug into the layers'
+//! neutral hooks. Without the feature, every step here hands its layer back as it is.
+
+use crate::bulkhead::BulkheadLayer;
+use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::proxy::ProxyService;
+use crate::retry::RetryLayer;
+use crate::route::RouterBuilder;
+
+/// A route's stack behind its observers.
+#[cfg(feature = "metrics")]
+pub(super) type Observed<S> = crate::metrics::Metrics<S>;
+/// A route's stack behind its observers.
+#[cfg(not(feature = "metrics"))]
+pub(super) type Observed<S> = S;
+
+/// What the observers keep for a route across reloads: which of the route's breakers, over
+/// its reloads, owns the state gauge (a replaced breaker whose requests are still finishing
+/// must not overwrite it).
+#[derive(Clone, Default)]
+pub(super) struct Carried {
+    #[cfg(feature = "metrics")]
+    gauge_owner: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One route's observers.
+pub(super) struct Observer {
+    #[cfg(feature = "metrics")]
+    route: String,
+}
+
+/// Every router: the request span's `route` field, and (with metrics) the requests no route
+/// takes, counted under `route=""`.
+pub(super) fn router<S>(router: RouterBuilder<S>) -> RouterBuilder<S> {
+    let router = router.on_match(|matched| crate::trace::record_route(matched.prefix()));
+    #[cfg(feature = "metrics")]
+    let router = router.on_refusal(crate::metrics::record_unrouted);
+    router
+}
+
+#[cfg(feature = "metrics")]
+impl Observer {
+    pub(super) fn for_route(prefix: &str) -> Self {
+        Self {
+            route: prefix.to_owned(),
+        }
+    }
+
+    /// `gateway_upstream_duration_seconds{route}`: each attempt that got a response head.
+    pub(super) fn proxy<B>(&self, proxy: ProxyService<B>) -> ProxyService<B> {
+        let histogram = ::metrics::histogram!(
+            crate::metrics::UPSTREAM_DURATION,
+            "route" => self.route.clone(),
+        );
+        proxy.on_attempt(move |attempt| {
+            if attempt.outcome.is_ok() {
+                histogram.record(attempt.latency.as_secs_f64());
+            }
+        })
+    }
+
+    /// `gateway_retries_total{route}`, registered at the first retry.
+    pub(super) fn retry<C>(&self, retry: RetryLayer<C>) -> RetryLayer<C> {
+        let route = self.route.clone();
+        let counter = std::sync::OnceLock::new();
+        retry.on_retry(move |_| {
+            counter
+                .get_or_init(
+                    || ::metrics::counter!(crate::metrics::RETRIES_TOTAL, "route" => route.clone()),
+                )
+                .increment(1);
+        })
+    }
+
+    /// `gateway_bulkhead_in_flight{route}`, moved only by increments and decrements: a
+    /// bulkhead a reload replaced may share the series and still give slots back.
+    pub(super) fn bulkhead(&self, bulkhead: BulkheadLayer) -> BulkheadLayer {
+        if bulkhead.max_concurrent().is_none() {
+            return bulkhead;
+        }
+        let gauge = ::metrics::gauge!(
+            crate::metrics::BULKHEAD_IN_FLIGHT,
+            "route" => self.route.clone(),
+        );
+        bulkhead.on_slot_change(move |change| match change {
+            crate::bulkhead::SlotChange::Taken => gauge.increment(1.0),
+            _ => gauge.decrement(1.0),
+        })
+    }
+
+    /// `gateway_circuit_breaker_state{route}`. A breaker that will take over the state of
+    /// the one it replaces (`kept`) keeps that one's hook and ownership of the gauge; a new
+    /// one takes the gauge over.
+    pub(super) fn breaker<C>(
+        &self,
+        breaker: CircuitBreakerLayer<C>,
+        kept: bool,
+        old: &Carried,
+        carried: &mut Carried,
+    ) -> CircuitBreakerLayer<C> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let owner = std::sync::Arc::clone(&old.gauge_owner);
+        let mine = if kept {
+            owner.load(SeqCst)
+        } else {
+            owner.fetch_add(1, SeqCst) + 1
+        };
+        carried.gauge_owner = std::sync::Arc::clone(&owner);
+        let gauge = self.breaker_gauge();
+        breaker.on_state_change(move |transition| {
+            if owner.load(SeqCst) == mine {
+                gauge.set(crate::metrics::breaker_state_value(transition.to));
+            }
+        })
+    }
+
+    /// Sets the state gauge to where `breaker` stands: closed when new, as it was when it
+    /// carried over.
+    pub(super) fn breaker_state<C, R>(&self, breaker: &CircuitBreakerLayer<C, R>) {
+        self.breaker_gauge()
+            .set(crate::metrics::breaker_state_value(breaker.state()));
+    }
+
+    fn breaker_gauge(&self) -> ::metrics::Gauge {
+        ::metrics::gauge!(
+            crate::metrics::CIRCUIT_BREAKER_STATE,
+            "route" => self.route.clone(),
+        )
+    }
+
+    /// The route's requests, rejections and latency, outside everything else of the route.
+    pub(super) fn route<S>(&self, service: S) -> Observed<S> {
+        tower::Layer::layer(
+            &crate::metrics::MetricsLayer::new(self.route.clone()),
+            service,
+        )
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+impl Observer {
+    pub(super) fn for_route(_prefix: &str) -> Self {
+        Self {}
+    }
+
+    pub(super) fn proxy<B>(&self, proxy: ProxyService<B>) -> ProxyService<B> {
+        proxy
+    }
+
+    pub(super) fn retry<C>(&self, retry: RetryLayer<C>) -> RetryLayer<C> {
+        retry
+    }
+
+    pub(super) fn bulkhead(&self, bulkhead: BulkheadLayer) -> BulkheadLayer {
+        bulkhead
+    }
+
+    pub(super) fn breaker<C>(
+        &self,
+        breaker: CircuitBreakerLayer<C>,
+        _kept: bool,
+        _old: &Carried,
+        _carried: &mut Carried,
+    ) -> CircuitBreakerLayer<C> {
+        breaker
+    }
+
+    pub(super) fn breaker_state<C, R>(&self, _breaker: &CircuitBreakerLayer<C, R>) {}
+
+    pub(super) fn route<S>(&self, service: S) -> Observed<S> {
+        service
+    }
+}

@@ -1,0 +1,187 @@
+//! [`Route`]: one route's upstreams and settings, as the builder takes them.
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+use super::{BoxRoute, GatewayResponse};
+use crate::circuit_breaker::FailureRate;
+use crate::classify::{FailureClassifier, SharedClassifier};
+use crate::rate_limit::Quota;
+use crate::retry::RetryLayer;
+use std::convert::Infallible;
+
+/// The default per-attempt timeout: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A user's layer around a route's stack, type-erased.
+pub(super) type WrapFn<B> = Arc<dyn Fn(BoxRoute<B>) -> BoxRoute<B> + Send + Sync>;
+
+/// A route's upstreams and settings, for [`GatewayBuilder::route`](super::GatewayBuilder::route).
+#[must_use]
+pub struct Route<B = Incoming> {
+    pub(super) upstreams: Vec<String>,
+    pub(super) strip_prefix: bool,
+    pub(super) timeout: Duration,
+    pub(super) anonymous: Vec<String>,
+    pub(super) rate_limit: Option<Quota>,
+    pub(super) circuit_breaker: Option<Breaker>,
+    pub(super) bulkhead: Option<NonZeroUsize>,
+    pub(super) retry: Option<RetryLayer>,
+    pub(super) classifier: SharedClassifier,
+    pub(super) layers: Vec<WrapFn<B>>,
+}
+
+/// A route's circuit-breaker settings: what trips it and for how long.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Breaker {
+    pub(super) trip: Trip,
+    pub(super) cooldown: Duration,
+}
+
+/// What opens a route's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Trip {
+    Consecutive(NonZeroU32),
+    Rate(FailureRate),
+}
+
+impl<B> fmt::Debug for Route<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("upstreams", &self.upstreams)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("timeout", &self.timeout)
+            .field("anonymous", &self.anonymous)
+            .field("rate_limit", &self.rate_limit)
+            .field("circuit_breaker", &self.circuit_breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("retry", &self.retry)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl<B> Route<B> {
+    /// Forwards to `upstreams` (`http://host[:port][/base]`), round-robin when several, with
+    /// the prefix stripped and a 30 s timeout.
+    pub fn to<I>(upstreams: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self {
+            upstreams: upstreams.into_iter().map(Into::into).collect(),
+            strip_prefix: true,
+            timeout: DEFAULT_TIMEOUT,
+            anonymous: Vec::new(),
+            rate_limit: None,
+            circuit_breaker: None,
+            bulkhead: None,
+            retry: None,
+            classifier: SharedClassifier::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Limits each client of this route to `quota`: by its auth identity when it has one,
+    /// else by its IP address (see [`ClientKey`](crate::rate_limit::ClientKey); the
+    /// gateway's [trusted proxies](super::GatewayBuilder::trusted_proxies) may name it).
+    /// Over the limit: `429` with `Retry-After`. Every response of the route carries the
+    /// `RateLimit` headers.
+    pub fn rate_limit(mut self, quota: Quota) -> Self {
+        self.rate_limit = Some(quota);
+        self
+    }
+
+    /// Opens this route's circuit after `failure_threshold` consecutive upstream failures
+    /// (5xx, timeouts, unreachable upstreams; never 4xx): `503` without contacting the
+    /// upstream for `cooldown`, then one probe decides (see
+    /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)).
+    pub fn circuit_breaker(mut self, failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some(Breaker {
+            trip: Trip::Consecutive(failure_threshold),
+            cooldown,
+        });
+        self
+    }
+
+    /// Opens this route's circuit when the share of failed requests over a sliding window
+    /// reaches `policy`'s rate (with at least its minimum of calls), instead of after
+    /// consecutive failures; then as [`circuit_breaker`](Self::circuit_breaker).
+    pub fn circuit_breaker_failure_rate(mut self, policy: FailureRate, cooldown: Duration) -> Self {
+        self.circuit_breaker = Some(Breaker {
+            trip: Trip::Rate(policy),
+            cooldown,
+        });
+        self
+    }
+
+    /// At most `max_concurrent` requests of this route in flight, all clients together,
+    /// each counted until its response body ends; the excess gets `429` at once.
+    pub fn bulkhead(mut self, max_concurrent: NonZeroUsize) -> Self {
+        self.bulkhead = Some(max_concurrent);
+        self
+    }
+
+    /// Retries this route's failed `GET`, `HEAD` and `OPTIONS` requests as `retry` says
+    /// (`RetryLayer::new(2).base_delay(..)`; see [`RetryLayer`]), each attempt under the
+    /// route's timeout. Failures are what the route's [classifier](Self::classifier) says.
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// What counts as an upstream failure on this route, for its circuit breaker and its
+    /// retries (default [`ServerErrors`](crate::classify::ServerErrors): every 5xx, never a
+    /// 4xx).
+    pub fn classifier(mut self, classifier: impl FailureClassifier) -> Self {
+        self.classifier = SharedClassifier::new(classifier);
+        self
+    }
+
+    /// When auth is on, lets requests under `sub_path` (relative to the route prefix, on a
+    /// segment boundary: `/health` under `/api/a` is `/api/a/health`) through without a key.
+    pub fn anonymous(mut self, sub_path: impl Into<String>) -> Self {
+        self.anonymous.push(sub_path.into());
+        self
+    }
+
+    /// Whether the route prefix is cut off the path before forwarding (default `true`).
+    pub fn strip_prefix(mut self, strip: bool) -> Self {
+        self.strip_prefix = strip;
+        self
+    }
+
+    /// The per-attempt timeout until the response head arrives (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Wraps this route's stack in `layer` (after the router, before the built-in policies).
+    /// Later calls wrap earlier ones. A route with layers of its own pays one boxed future
+    /// per request; routes without stay unboxed.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxRoute<B>> + Send + Sync + 'static,
+        L::Service: Service<Request<B>, Response = GatewayResponse, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Request<B>>>::Future: Send + 'static,
+        B: 'static,
+    {
+        self.layers.push(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
+    }
+}

@@ -1,0 +1,187 @@
+//! One function per stage of a route's stack, innermost first, in the order of the
+//! [module docs](super): each takes the route's settings and what the gateway it replaces
+//! left (for a reload), and returns the stage's layer.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use tower::Layer;
+use tower::util::Either;
+
+use super::carry::Carried;
+use super::observe::Observer;
+use super::route::{Breaker, Route, Trip};
+use super::{BuildError, ForwardedBody, GatewayClient, RouteLimit};
+use crate::api_key::{ApiKeyAuthLayer, KeySet};
+use crate::bulkhead::BulkheadLayer;
+use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::classify::SharedClassifier;
+use crate::proxy::{ProxyService, TrustedProxies, Upstream};
+use crate::rate_limit::{Client, ClientKey, Quota, RateLimitLayer, RouteStore};
+use crate::retry::RetryLayer;
+use crate::timeout::TimeoutLayer;
+
+/// Checks a route's settings, all in one place, and parses its upstreams.
+pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<Vec<Upstream>, BuildError> {
+    if route.upstreams.is_empty() {
+        return Err(BuildError::NoUpstreams(prefix.to_owned()));
+    }
+    if route.timeout.is_zero() {
+        return Err(BuildError::ZeroTimeout(prefix.to_owned()));
+    }
+    if route
+        .circuit_breaker
+        .is_some_and(|breaker| breaker.cooldown.is_zero())
+    {
+        return Err(BuildError::ZeroCooldown(prefix.to_owned()));
+    }
+    if let Some(path) = route
+        .anonymous
+        .iter()
+        .find(|path| !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')))
+    {
+        return Err(BuildError::Anonymous {
+            prefix: prefix.to_owned(),
+            path: path.clone(),
+        });
+    }
+    route
+        .upstreams
+        .iter()
+        .map(|url| Upstream::parse(url))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BuildError::Upstream {
+            prefix: prefix.to_owned(),
+            source,
+        })
+}
+
+/// The proxy at the bottom: forwards to the route's upstreams.
+pub(super) fn proxy<B>(
+    client: &GatewayClient<B>,
+    upstreams: Vec<Upstream>,
+    trusted: &TrustedProxies,
+) -> ProxyService<ForwardedBody<B>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    ProxyService::new(client.clone(), upstreams).trusted_proxies(trusted.clone())
+}
+
+/// The per-attempt timeout, until the response head.
+pub(super) fn timeout<B>(route: &Route<B>) -> TimeoutLayer {
+    TimeoutLayer::new(route.timeout)
+}
+
+/// Retry, passing everything straight through on a route without one, so that every route
+/// has one type. The proxy below hands each request back: no copy is kept for a retry.
+pub(super) fn retry<B>(route: &Route<B>) -> RetryLayer<SharedClassifier> {
+    route
+        .retry
+        .clone()
+        .unwrap_or_else(|| RetryLayer::new(0))
+        .with_classifier(route.classifier.clone())
+        .hand_back(true)
+}
+
+/// The bulkhead, unlimited on a route without one; its slots carry over when the limit is
+/// the same.
+pub(super) fn bulkhead<B>(route: &Route<B>, old: &Carried, carried: &mut Carried) -> BulkheadLayer {
+    let Some(max) = route.bulkhead else {
+        return BulkheadLayer::unlimited();
+    };
+    let mut bulkhead = BulkheadLayer::new(max);
+    if let Some(old) = &old.bulkhead {
+        bulkhead = bulkhead.keep_state_of(old);
+    }
+    carried.bulkhead = Some(bulkhead.clone());
+    bulkhead
+}
+
+/// The circuit breaker, when the route has one; its state carries over when its settings
+/// are the same.
+pub(super) fn circuit_breaker<B>(
+    route: &Route<B>,
+    observe: &Observer,
+    old: &Carried,
+    carried: &mut Carried,
+) -> Option<CircuitBreakerLayer<SharedClassifier>> {
+    let settings = route.circuit_breaker?;
+    let Breaker { trip, cooldown } = settings;
+    let breaker = match trip {
+        Trip::Consecutive(threshold) => CircuitBreakerLayer::new(threshold, cooldown),
+        Trip::Rate(policy) => CircuitBreakerLayer::failure_rate(policy, cooldown),
+    };
+    let kept = old
+        .breaker
+        .as_ref()
+        .filter(|(old_settings, _)| *old_settings == settings)
+        .map(|(_, old)| old);
+    // The hook goes on before the state is taken over: setting it starts a new breaker.
+    let mut breaker = observe
+        .breaker(breaker, kept.is_some(), &old.observe, &mut carried.observe)
+        .with_classifier(route.classifier.clone());
+    if let Some(old) = kept {
+        breaker = breaker.keep_state_of(old);
+    }
+    observe.breaker_state(&breaker);
+    carried.breaker = Some((settings, breaker.clone()));
+    Some(breaker)
+}
+
+/// The rate limit, when the route has one, in `store`'s budgets; an in-process store's
+/// budgets carry over when the quota is the same.
+pub(super) fn rate_limit<B>(
+    route: &Route<B>,
+    store: impl FnOnce(Quota) -> RouteStore<Client>,
+    trusted: &TrustedProxies,
+    old: &Carried,
+    carried: &mut Carried,
+) -> Option<RouteLimit> {
+    let quota = route.rate_limit?;
+    let mut limit = RateLimitLayer::with_store(
+        ClientKey::new().trusted_proxies(trusted.clone()),
+        store(quota),
+    );
+    if let Some((old_quota, old)) = &old.rate_limit {
+        if *old_quota == quota && old.store().is_local() && limit.store().is_local() {
+            limit = limit.keep_state_of(old);
+        }
+    }
+    carried.rate_limit = Some((quota, limit.clone()));
+    Some(limit)
+}
+
+/// API-key auth, when it is on: the route's anonymous sub-paths as the auth layer sees
+/// them (after the router stripped the prefix, or not).
+pub(super) fn auth<B>(
+    prefix: &str,
+    route: &Route<B>,
+    auth: Option<&(Arc<KeySet>, HeaderName)>,
+) -> Option<ApiKeyAuthLayer<Arc<KeySet>>> {
+    let (keys, header) = auth?;
+    let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys)).header(header.clone());
+    for path in &route.anonymous {
+        auth = if route.strip_prefix || prefix == "/" {
+            auth.anonymous(path.as_str())
+        } else {
+            auth.anonymous(format!("{prefix}{path}"))
+        };
+    }
+    Some(auth)
+}
+
+/// `layer` around `inner` when there is one; `inner` as it is when there is none, with
+/// the same type either way.
+pub(super) fn optional<L, S>(layer: Option<L>, inner: S) -> Either<L::Service, S>
+where
+    L: Layer<S>,
+{
+    match layer {
+        Some(layer) => Either::Left(layer.layer(inner)),
+        None => Either::Right(inner),
+    }
+}
