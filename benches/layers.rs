@@ -26,12 +26,12 @@ use criterion::{
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_gateway::PeerAddr;
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::bulkhead::BulkheadLayer;
 use tower_gateway::circuit_breaker::CircuitBreakerLayer;
 use tower_gateway::correlation_id::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_gateway::extensions::HandBack;
+use tower_gateway::extensions::PeerAddr;
 use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::rate_limit::{PeerIp, Quota, RateLimitLayer};
 use tower_gateway::retry::RetryLayer;

@@ -25,9 +25,10 @@ use axum::{Router, extract::Request, routing::get};
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::bulkhead::BulkheadLayer;
 use tower_gateway::correlation_id::CorrelationIdLayer;
+use tower_gateway::extensions::CorrelationId;
 use tower_gateway::hop_by_hop::HopByHopLayer;
 use tower_gateway::rate_limit::{Quota, RateLimitLayer, RequestHead};
-use tower_gateway::{CorrelationId, Rejection, RejectionKind};
+use tower_gateway::rejection::{Rejection, RejectionKind};
 
 /// A demo upstream on a free port, for the gateway to forward to.
 async fn start_upstream() -> std::io::Result<SocketAddr> {

@@ -29,8 +29,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_gateway::PeerAddr;
 use tower_gateway::builder::{Gateway, Route};
+use tower_gateway::extensions::PeerAddr;
 use tower_gateway::rate_limit::Quota;
 
 #[tokio::main]

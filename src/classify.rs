@@ -142,7 +142,7 @@ impl FailureClassifier for SharedClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Rejection, RejectionKind};
+    use crate::rejection::{Rejection, RejectionKind};
     use bytes::Bytes;
 
     fn status(code: u16) -> Response<Bytes> {

@@ -62,7 +62,8 @@ use serde::de::{Deserializer, Error as _};
 use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
 use crate::circuit_breaker::{FailureRate, FailureRateError};
-use crate::proxy::{TrustedProxies, Upstream, UpstreamError};
+use crate::forwarded::TrustedProxies;
+use crate::proxy::{Upstream, UpstreamError};
 use crate::rate_limit::{Quota, QuotaError};
 use crate::retry::RetryLayer;
 use crate::route::{RouteError, validate_prefix};
@@ -690,9 +691,9 @@ impl RateLimitStoreConfig {
     /// The Redis backend this section describes (connected lazily: Redis may be down).
     /// Call it inside a tokio runtime.
     #[cfg(feature = "redis")]
-    pub fn backend(&self) -> Result<crate::rate_limit::RedisBackend, ConfigError> {
+    pub fn backend(&self) -> Result<crate::rate_limit::redis::RedisBackend, ConfigError> {
         use crate::rate_limit::redis::RedisStoreError;
-        use crate::rate_limit::{OnStoreError, RedisBackend};
+        use crate::rate_limit::redis::{OnStoreError, RedisBackend};
         let on_error = match self.on_error {
             OnError::Allow => OnStoreError::Allow,
             OnError::Deny => OnStoreError::Deny,

@@ -15,7 +15,7 @@
 //! # async fn main() {
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_gateway::correlation_id::{CorrelationId, CorrelationIdLayer};
+//! use tower_gateway::{correlation_id::CorrelationIdLayer, extensions::CorrelationId};
 //!
 //! let svc = ServiceBuilder::new()
 //!     .layer(CorrelationIdLayer::new())
@@ -67,7 +67,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-pub use crate::rejection::CorrelationId;
+use crate::extensions::CorrelationId;
 
 /// The default header: `x-correlation-id`.
 pub const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");

@@ -164,7 +164,7 @@ impl fmt::Debug for Identity {
 
 /// The route a request matched, as the [`Router`](crate::route::Router) put it in the
 /// request extensions: its prefix, and whether the prefix was stripped from the path the
-/// request now carries. Logs and metrics label by it; a [`Rejection`](crate::Rejection)
+/// request now carries. Logs and metrics label by it; a [`Rejection`](crate::rejection::Rejection)
 /// uses it to show the path the client sent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MatchedRoute {

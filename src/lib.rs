@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`correlation_id`] | [`CorrelationIdLayer`](correlation_id::CorrelationIdLayer): keeps or makes `X-Correlation-Id`, sends it upstream, returns it on every response |
 //! | [`hop_by_hop`] | [`HopByHopLayer`](hop_by_hop::HopByHopLayer): strips hop-by-hop headers both ways, WebSocket upgrades excepted |
-//! | [`api_key`] | [`ApiKeyAuthLayer`](api_key::ApiKeyAuthLayer): keys kept as SHA-256 digests, an [`Identity`] per key, anonymous paths, scopes, `401`/`403` |
+//! | [`api_key`] | [`ApiKeyAuthLayer`](api_key::ApiKeyAuthLayer): keys kept as SHA-256 digests, an [`Identity`](extensions::Identity) per key, anonymous paths, scopes, `401`/`403` |
 //! | [`rate_limit`] | [`RateLimitLayer`](rate_limit::RateLimitLayer): per-client GCRA on governor, `429` + `Retry-After`, IETF `RateLimit` headers, bounded key memory, pluggable stores |
 //! | [`bulkhead`] | [`BulkheadLayer`](bulkhead::BulkheadLayer): at most N in flight until each response body ends, `429` at once, no queue |
 //! | [`circuit_breaker`] | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): opens after consecutive failures or at a failure rate over a sliding window, `503` + `Retry-After`, one probe after the cooldown, never wedged by a lost probe |
@@ -27,7 +27,7 @@
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
 //! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) and the gateway's metric names: requests, latency, rejections, retries, bulkhead and breaker state through the `metrics` facade (feature `metrics`) |
 //! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (shared by the circuit breaker and retry) |
-//! | [`extensions`] | [`CorrelationId`] and [`PeerAddr`]: typed request extensions the layers share |
+//! | [`extensions`] | [`CorrelationId`](extensions::CorrelationId) and [`PeerAddr`](extensions::PeerAddr): typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
 //!
 //! The bundled example gateway runs all of it from a TOML file:
@@ -144,9 +144,6 @@ pub mod retry;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-
-pub use extensions::{CorrelationId, Identity, PeerAddr};
-pub use rejection::{Rejection, RejectionKind};
 
 // The README's code compiles as part of the doc tests.
 #[cfg(doctest)]

@@ -69,7 +69,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use serde::Serialize;
 
-pub use crate::extensions::CorrelationId;
+use crate::extensions::CorrelationId;
 use crate::extensions::MatchedRoute;
 use tower::{Layer, Service};
 

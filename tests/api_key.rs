@@ -3,9 +3,9 @@
 mod common;
 
 use axum::routing::get;
-use tower_gateway::Identity;
 use tower_gateway::api_key::{ApiKeyAuthLayer, KeySet};
 use tower_gateway::correlation_id::CorrelationIdLayer;
+use tower_gateway::extensions::Identity;
 
 use common::{headers_json, raw_request, seen_headers, serve_axum};
 

@@ -19,7 +19,7 @@ use proptest::test_runner::{Config, RngSeed};
 use tokio::sync::{mpsc, oneshot};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_gateway::circuit_breaker::{BreakerState, CircuitBreakerLayer, FailureRate};
-use tower_gateway::{Rejection, RejectionKind};
+use tower_gateway::rejection::{Rejection, RejectionKind};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000 * MS;

@@ -10,7 +10,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::ServiceBuilder;
 use tower_gateway::correlation_id::CorrelationIdLayer;
-use tower_gateway::{CorrelationId, Rejection, RejectionKind};
+use tower_gateway::extensions::CorrelationId;
+use tower_gateway::rejection::{Rejection, RejectionKind};
 
 use common::{headers_json, raw_request, seen_headers, serve_axum, serve_hyper};
 

@@ -17,7 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_gateway::builder::{Gateway, GatewayBuilder, Route};
-use tower_gateway::proxy::{ProxyError, TrustedProxies};
+use tower_gateway::forwarded::TrustedProxies;
+use tower_gateway::proxy::ProxyError;
 use tower_gateway::server::Server;
 
 use common::upstream::{self, checksum, pattern};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
-use tower_gateway::proxy::TrustedProxies;
+use tower_gateway::forwarded::TrustedProxies;
 use tower_gateway::rate_limit::{GlobalKey, Quota, RateLimitLayer};
 
 use common::gauge::{self, Answer, client, fetch, serve_gateway};

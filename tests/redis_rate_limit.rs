@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_gateway::Identity;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
-use tower_gateway::rate_limit::{
-    Check, Client, Decision, OnStoreError, Quota, RateLimitStore, RedisBackend,
-};
+use tower_gateway::extensions::Identity;
+use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
+use tower_gateway::rate_limit::{Check, Client, Decision, Quota, RateLimitStore};
 
 use common::gauge::{self, Answer, HttpClient, client, fetch, serve_gateway};
 use common::redis::{RedisServer, Reply};

@@ -17,9 +17,9 @@ use std::time::Duration;
 use http::{HeaderMap, Request};
 use hyper::body::Incoming;
 use tower::ServiceExt;
-use tower_gateway::CorrelationId;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{BoxRoute, Gateway, Route};
+use tower_gateway::extensions::CorrelationId;
 use tower_gateway::rate_limit::Quota;
 
 use common::gauge::{Answer, HttpClient, client, fetch, serve_gateway};

@@ -74,8 +74,9 @@ use crate::bulkhead::{Bulkhead, ResponseBody};
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::SharedClassifier;
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
+use crate::forwarded::TrustedProxies;
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
-use crate::proxy::{ProxyClient, ProxyService, TrustedProxies, UpstreamError, default_client};
+use crate::proxy::{ProxyClient, ProxyService, UpstreamError, default_client};
 use crate::rate_limit::{
     Client, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
 };
@@ -165,7 +166,7 @@ pub struct GatewayBuilder<B = Incoming> {
     correlation_header: HeaderName,
     client: Option<GatewayClient<B>>,
     #[cfg(feature = "redis")]
-    shared_limits: Option<crate::rate_limit::RedisBackend>,
+    shared_limits: Option<crate::rate_limit::redis::RedisBackend>,
     /// The state of the gateway this one replaces, to carry over.
     previous: Option<Arc<RouteStates>>,
 }
@@ -224,7 +225,7 @@ where
     /// counts under its own prefix as namespace. See [`rate_limit::redis`](crate::rate_limit::redis).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn rate_limit_store(mut self, redis: crate::rate_limit::RedisBackend) -> Self {
+    pub fn rate_limit_store(mut self, redis: crate::rate_limit::redis::RedisBackend) -> Self {
         self.shared_limits = Some(redis);
         self
     }

@@ -78,7 +78,7 @@
 //!
 //! # Rejections
 //! `503 Service Unavailable`, kind
-//! [`RejectionKind::CircuitOpen`](crate::RejectionKind::CircuitOpen), with `Retry-After`
+//! [`RejectionKind::CircuitOpen`](crate::rejection::RejectionKind::CircuitOpen), with `Retry-After`
 //! (whole seconds, at least 1) while the cooldown runs; without it while probes are out.
 
 mod future;

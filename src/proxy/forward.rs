@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::extensions::PeerAddr;
-pub use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR};
+use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR};
 
 /// `x-forwarded-proto`.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

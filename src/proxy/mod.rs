@@ -12,7 +12,7 @@
 //! - **Headers**: `Host` becomes the upstream's authority; `X-Forwarded-For` gets the peer IP
 //!   (from [`PeerAddr`](crate::extensions::PeerAddr)) appended; `X-Forwarded-Proto` and
 //!   `X-Forwarded-Host` are set, replacing the client's unless the peer is a
-//!   [trusted proxy](TrustedProxies). Hop-by-hop headers are the
+//!   [trusted proxy](crate::forwarded::TrustedProxies). Hop-by-hop headers are the
 //!   [`HopByHopLayer`](crate::hop_by_hop::HopByHopLayer)'s job, outside.
 //! - **Failures**: an upstream that cannot be reached, or that breaks the exchange before its
 //!   response head, gets a `502` rejection with a [`ProxyError`] in the response extensions.
@@ -42,9 +42,9 @@
 //! ```
 //!
 //! # Rejections
-//! - `502 Bad Gateway`, kind [`RejectionKind::BadGateway`](crate::RejectionKind::BadGateway):
+//! - `502 Bad Gateway`, kind [`RejectionKind::BadGateway`](crate::rejection::RejectionKind::BadGateway):
 //!   the upstream could not be reached or broke the exchange.
-//! - `400 Bad Request`, kind [`RejectionKind::BadRequest`](crate::RejectionKind::BadRequest):
+//! - `400 Bad Request`, kind [`RejectionKind::BadRequest`](crate::rejection::RejectionKind::BadRequest):
 //!   a request target that cannot be made into an upstream URI.
 
 mod error;
@@ -53,7 +53,7 @@ mod service;
 mod upgrade;
 
 pub use error::ProxyError;
-pub use forward::{TrustedProxies, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+pub use forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use service::{
     Attempt, Balance, ProxyClient, ProxyService, ResponseFuture, RoundRobin, Upstream,
     UpstreamError, default_client,

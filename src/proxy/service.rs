@@ -22,10 +22,11 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::error::ProxyError;
-use super::forward::{TrustedProxies, set_forwarding_headers};
+use super::forward::set_forwarding_headers;
 use super::upgrade;
 use crate::body::GatewayBody;
 use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
+use crate::forwarded::TrustedProxies;
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with.

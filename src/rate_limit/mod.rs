@@ -5,7 +5,7 @@
 //! [`RateLimitLayer`] asks a [`KeyExtractor`] who the request counts against and a
 //! [`RateLimitStore`] whether that key has a request left.
 //!
-//! - **Keys**: by default [`ClientKey`]: the auth [`Identity`](crate::Identity) when there is
+//! - **Keys**: by default [`ClientKey`]: the auth [`Identity`](crate::extensions::Identity) when there is
 //!   one, else the client's IP address (the right-most untrusted `X-Forwarded-For` entry
 //!   when the peer is a [trusted proxy](crate::forwarded)). [`IdentityKey`], [`PeerIp`],
 //!   [`HeaderKey`], [`GlobalKey`] and closures over the request head are the others.
@@ -13,7 +13,7 @@
 //!   idle keys evicted and the key count capped, so memory stays bounded under a flood of
 //!   distinct clients. A store shared by several gateway instances implements
 //!   [`RateLimitStore`] and may answer asynchronously: with the `redis` feature,
-//!   [`RedisStore`] keeps the budgets in Redis, so every instance
+//!   [`RedisStore`](redis::RedisStore) keeps the budgets in Redis, so every instance
 //!   behind a load balancer spends from one (see [`redis`](mod@redis)).
 //! - **Headers** (draft-ietf-httpapi-ratelimit-headers), on every response of the layer,
 //!   the upstream's and its own: `RateLimit-Policy: "default";q=<requests>;w=<window s>` and
@@ -52,7 +52,7 @@
 //!
 //! # In axum
 //! Alone in a plain axum app, keyed by the client address axum's `ConnectInfo` carries (a
-//! closure key; [`PeerIp`] reads the [`PeerAddr`](crate::PeerAddr) the crate's own server
+//! closure key; [`PeerIp`] reads the [`PeerAddr`](crate::extensions::PeerAddr) the crate's own server
 //! sets):
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,11 +79,11 @@
 //! its limit never reaches a breaker or takes a bulkhead permit.
 //!
 //! # Rejections
-//! - `429 Too Many Requests`, kind [`RejectionKind::RateLimited`](crate::RejectionKind::RateLimited),
+//! - `429 Too Many Requests`, kind [`RejectionKind::RateLimited`](crate::rejection::RejectionKind::RateLimited),
 //!   with `Retry-After` (whole seconds, at least 1: the wait until one request is admitted,
 //!   never more than the `RateLimit` header's `t`) and the rate-limit headers.
 //! - `503 Service Unavailable`, kind
-//!   [`RejectionKind::ServiceUnavailable`](crate::RejectionKind::ServiceUnavailable), when a
+//!   [`RejectionKind::ServiceUnavailable`](crate::rejection::RejectionKind::ServiceUnavailable), when a
 //!   store answers [`Decision::Unavailable`].
 //!
 //! # Why not tower-governor
@@ -110,8 +110,6 @@ pub use key::{
     StoreKey,
 };
 pub use layer::{RateLimit, RateLimitLayer};
-#[cfg(feature = "redis")]
-pub use redis::{OnStoreError, RedisBackend, RedisStore};
 pub use store::{
     BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore, RouteStore,
 };

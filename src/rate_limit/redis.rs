@@ -35,9 +35,8 @@
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use tower_gateway::rate_limit::{
-//!     Client, ClientKey, OnStoreError, Quota, RateLimitLayer, RedisBackend,
-//! };
+//! use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
+//! use tower_gateway::rate_limit::{Client, ClientKey, Quota, RateLimitLayer};
 //!
 //! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
 //!     .timeout(Duration::from_millis(50))
@@ -63,7 +62,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client as RedisClient, Script};
 
 use super::Quota;
-pub use super::key::StoreKey;
+use super::key::StoreKey;
 use super::store::{BoxDecision, Check, Decision, LocalStore, RateLimitStore};
 
 /// The GCRA, run atomically by Redis. Time is in microseconds since 2023-11-14 (Unix time
