@@ -12,13 +12,12 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_gateway::builder::{Gateway, GatewayBuilder, Route};
 use tower_gateway::forwarded::TrustedProxies;
-use tower_gateway::proxy::ProxyError;
+use tower_gateway::proxy::{ProxyClientBuilder, ProxyError};
 use tower_gateway::server::Server;
 
 use common::upstream::{self, checksum, pattern};
@@ -339,10 +338,9 @@ async fn small_buffer_client(
 
 /// A gateway whose sockets (listener and upstream client) have small kernel buffers.
 async fn small_buffer_gateway(up: SocketAddr) -> SocketAddr {
-    let mut connector = HttpConnector::new();
-    connector.set_send_buffer_size(Some(64 * 1024));
-    connector.set_recv_buffer_size(Some(64 * 1024));
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let client = ProxyClientBuilder::new()
+        .send_buffer_size(64 * 1024)
+        .recv_buffer_size(64 * 1024);
     serve_on(
         upstream::bind(true),
         Gateway::builder()

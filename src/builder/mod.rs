@@ -76,7 +76,7 @@ use crate::classify::SharedClassifier;
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::forwarded::TrustedProxies;
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
-use crate::proxy::{ProxyClient, ProxyService, UpstreamError, default_client};
+use crate::proxy::{ProxyClient, ProxyClientBuilder, ProxyService, UpstreamError};
 use crate::rate_limit::{
     Client, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
 };
@@ -85,20 +85,13 @@ use crate::route::{RouteError, Router};
 use crate::timeout::{RequestBody, Timeout};
 use crate::trace::{RequestSpan, RequestSpanLayer};
 
-/// The body of every gateway response: the upstream's stream or the gateway's own answer,
-/// holding the route's bulkhead slot until it ends.
-pub type GatewayResponseBody = ResponseBody<GatewayBody<Incoming>>;
-
-/// The response of every gateway stack.
-pub type GatewayResponse = Response<GatewayResponseBody>;
+/// The response of every gateway stack. Its body is the upstream's stream or the gateway's
+/// own answer, holding the route's bulkhead slot until it ends.
+pub type GatewayResponse = Response<ResponseBody<GatewayBody<Incoming>>>;
 
 /// A route's stack with the user's layers around it, type-erased: what a
 /// [`Route::layer`] wraps.
 pub type BoxRoute<B> = BoxCloneSyncService<Request<B>, GatewayResponse, Infallible>;
-
-/// The client a gateway forwards with: its request bodies are the client's bodies behind
-/// retry's [`RetryBody`] and the timeout's [`RequestBody`].
-pub type GatewayClient<B> = ProxyClient<ForwardedBody<B>>;
 
 // The stack's own types, innermost first. They stay private, so that the order of the
 // layers can change without breaking anyone.
@@ -106,6 +99,8 @@ pub type GatewayClient<B> = ProxyClient<ForwardedBody<B>>;
 /// The request body the proxy sends: the client's, replayable by retry, behind the
 /// timeout's progress tracking.
 type ForwardedBody<B> = RequestBody<RetryBody<B>>;
+/// The client the proxies forward with.
+type GatewayClient<B> = ProxyClient<ForwardedBody<B>>;
 /// What runs once a request is admitted: the bulkhead (unlimited on a route without one),
 /// retry (passing everything through on a route without one), the timeout and the proxy.
 type Admitted<B> = Bulkhead<Retry<Timeout<ProxyService<ForwardedBody<B>>>, SharedClassifier>>;
@@ -164,7 +159,7 @@ pub struct GatewayBuilder<B = Incoming> {
     auth: Option<(Arc<KeySet>, HeaderName)>,
     trusted: TrustedProxies,
     correlation_header: HeaderName,
-    client: Option<GatewayClient<B>>,
+    client: ProxyClientBuilder,
     #[cfg(feature = "redis")]
     shared_limits: Option<crate::rate_limit::redis::RedisBackend>,
     /// The state of the gateway this one replaces, to carry over.
@@ -214,9 +209,10 @@ where
         self
     }
 
-    /// Forwards over `client` instead of [`default_client`].
-    pub fn client(mut self, client: GatewayClient<B>) -> Self {
-        self.client = Some(client);
+    /// Forwards over a client with `settings` instead of [`ProxyClientBuilder`]'s defaults.
+    /// Every route of the gateway shares the one client and its connection pool.
+    pub fn client(mut self, settings: ProxyClientBuilder) -> Self {
+        self.client = settings;
         self
     }
 
@@ -249,7 +245,7 @@ where
 
     /// Checks every route and builds the gateway.
     pub fn build(self) -> Result<Gateway<B>, BuildError> {
-        let client = self.client.clone().unwrap_or_else(default_client);
+        let client: GatewayClient<B> = self.client.build();
         let mut router = observe::router(Router::builder());
         let mut states = RouteStates::new();
         for (prefix, route) in &self.routes {
@@ -366,7 +362,7 @@ where
             auth: None,
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
-            client: None,
+            client: ProxyClientBuilder::new(),
             #[cfg(feature = "redis")]
             shared_limits: None,
             previous: None,

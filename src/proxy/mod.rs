@@ -29,11 +29,11 @@
 //! # Example
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! use tower_gateway::proxy::{ProxyService, Upstream, default_client};
+//! use tower_gateway::proxy::{ProxyClient, ProxyService, Upstream};
 //! use tower_gateway::server::Server;
 //!
 //! let proxy = ProxyService::new(
-//!     default_client(),
+//!     ProxyClient::new(),
 //!     vec![Upstream::parse("http://127.0.0.1:5051").unwrap()],
 //! );
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
@@ -55,6 +55,6 @@ mod upgrade;
 pub use error::ProxyError;
 pub use forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use service::{
-    Attempt, Balance, ProxyClient, ProxyService, ResponseFuture, RoundRobin, Upstream,
-    UpstreamError, default_client,
+    Attempt, Balance, ProxyClient, ProxyClientBuilder, ProxyService, ResponseFuture, RoundRobin,
+    Upstream, UpstreamError,
 };

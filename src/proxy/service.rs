@@ -29,23 +29,133 @@ use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
 use crate::forwarded::TrustedProxies;
 use crate::rejection::{Rejection, RejectionKind};
 
-/// The pooled keep-alive HTTP/1.1 client the proxy forwards with.
-pub type ProxyClient<B> = Client<HttpConnector, B>;
+/// The pooled keep-alive HTTP/1.1 client the proxy forwards with, for request bodies of type
+/// `B`. Cloning is a reference-count bump, and the clones share one connection pool: share
+/// one between proxies so that they share the pool.
+pub struct ProxyClient<B> {
+    client: Client<HttpConnector, B>,
+}
 
-/// A client tuned for proxying: `TCP_NODELAY`, a 5 s connect timeout, idle pooled
-/// connections kept 90 s. Share one between routes so they share the pool.
-pub fn default_client<B>() -> ProxyClient<B>
+impl<B> Clone for ProxyClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for ProxyClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyClient").finish_non_exhaustive()
+    }
+}
+
+impl<B> ProxyClient<B>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+    /// A client tuned for proxying, with [`ProxyClientBuilder`]'s defaults: `TCP_NODELAY`,
+    /// a 5 s connect timeout, idle pooled connections kept 90 s. For other settings, build
+    /// one with a [`ProxyClientBuilder`].
+    pub fn new() -> Self {
+        ProxyClientBuilder::new().build()
+    }
+}
+
+impl<B> Default for ProxyClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a [`ProxyClient`] connects and pools its connections; `build()` makes one for any
+/// request body type. The gateway builder takes one as it is
+/// (`GatewayBuilder::client`), since it picks the body type itself.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ProxyClientBuilder {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+    send_buffer_size: Option<usize>,
+    recv_buffer_size: Option<usize>,
+}
+
+impl Default for ProxyClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyClientBuilder {
+    /// The defaults: a 5 s connect timeout, idle connections kept 90 s, no cap on idle
+    /// connections per upstream, the kernel's socket buffer sizes; `TCP_NODELAY` always.
+    pub fn new() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: usize::MAX,
+            send_buffer_size: None,
+            recv_buffer_size: None,
+        }
+    }
+
+    /// How long a new upstream connection may take (default 5 s); after that the attempt
+    /// fails as unreachable (`502`).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long an idle pooled connection is kept for reuse (default 90 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most idle connections kept per upstream (default: no cap).
+    pub fn max_idle_per_upstream(mut self, max: usize) -> Self {
+        self.max_idle_per_host = max;
+        self
+    }
+
+    /// The kernel's send buffer size for upstream sockets (`SO_SNDBUF`; default: the
+    /// kernel's).
+    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// The kernel's receive buffer size for upstream sockets (`SO_RCVBUF`; default: the
+    /// kernel's).
+    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// A client with these settings and a pool of its own.
+    pub fn build<B>(&self) -> ProxyClient<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_send_buffer_size(self.send_buffer_size);
+        connector.set_recv_buffer_size(self.recv_buffer_size);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(self.max_idle_per_host)
+            .build(connector);
+        ProxyClient { client }
+    }
 }
 
 /// An upstream URL that is not `http://host[:port][/base-path]`.
@@ -151,7 +261,7 @@ impl Balance for RoundRobin {
 struct Inner<B, L> {
     client: ProxyClient<B>,
     upstreams: Arc<[Upstream]>,
-    balance: L,
+    balance: Arc<L>,
     trusted: TrustedProxies,
     proto: HeaderValue,
     on_attempt: Option<AttemptHook>,
@@ -171,6 +281,19 @@ pub struct Attempt<'a> {
 }
 
 type AttemptHook = Arc<dyn Fn(&Attempt<'_>) + Send + Sync>;
+
+impl<B, L> Clone for Inner<B, L> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            upstreams: Arc::clone(&self.upstreams),
+            balance: Arc::clone(&self.balance),
+            trusted: self.trusted.clone(),
+            proto: self.proto.clone(),
+            on_attempt: self.on_attempt.clone(),
+        }
+    }
+}
 
 /// What an attempt needs to report itself when it ends, kept only when there is a hook.
 struct AttemptTimer {
@@ -250,7 +373,7 @@ impl<B, L: Balance> ProxyService<B, L> {
             inner: Arc::new(Inner {
                 client,
                 upstreams: upstreams.into(),
-                balance,
+                balance: Arc::new(balance),
                 trusted: TrustedProxies::none(),
                 proto: HeaderValue::from_static("http"),
                 on_attempt: None,
@@ -258,13 +381,14 @@ impl<B, L: Balance> ProxyService<B, L> {
         }
     }
 
-    /// Keeps `X-Forwarded-Proto`/`-Host` from peers in `trusted`. Call before cloning.
+    /// Keeps `X-Forwarded-Proto`/`-Host` from peers in `trusted`. Like every setter here, it
+    /// changes this service only, not clones made before.
     pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.inner_mut().trusted = trusted;
         self
     }
 
-    /// The `X-Forwarded-Proto` this hop sets (default `http`). Call before cloning.
+    /// The `X-Forwarded-Proto` this hop sets (default `http`).
     pub fn forwarded_proto(mut self, proto: HeaderValue) -> Self {
         self.inner_mut().proto = proto;
         self
@@ -273,8 +397,7 @@ impl<B, L: Balance> ProxyService<B, L> {
     /// Calls `hook` when each upstream attempt ends: at its response head, or when the
     /// exchange fails before one (with the upstream, the latency and the outcome). It runs
     /// on the request path, so keep it cheap; without a hook no clock is read. The
-    /// gateway's metrics record `gateway_upstream_duration_seconds{route}` with it. Call
-    /// before cloning.
+    /// gateway's metrics record `gateway_upstream_duration_seconds{route}` with it.
     pub fn on_attempt<F>(mut self, hook: F) -> Self
     where
         F: Fn(&Attempt<'_>) + Send + Sync + 'static,
@@ -283,8 +406,9 @@ impl<B, L: Balance> ProxyService<B, L> {
         self
     }
 
+    /// This service's settings, copied first when clones share them.
     fn inner_mut(&mut self) -> &mut Inner<B, L> {
-        Arc::get_mut(&mut self.inner).expect("configure a ProxyService before cloning it")
+        Arc::make_mut(&mut self.inner)
     }
 }
 
@@ -336,7 +460,7 @@ where
         ResponseFuture {
             state: State::Forward {
                 timer: AttemptTimer::start(inner, index),
-                fut: inner.client.request(req),
+                fut: inner.client.client.request(req),
                 client_upgrade,
                 correlation_id,
             },
