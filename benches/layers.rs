@@ -279,9 +279,9 @@ fn layers(c: &mut Criterion) {
     );
     // The router: three routes, the longest of which matches and has its prefix stripped.
     let router = Router::builder()
-        .route("/api", false, bare())
-        .route("/api/a", true, bare())
-        .route("/static", false, bare())
+        .route_keeping_prefix("/api", bare())
+        .route("/api/a", bare())
+        .route_keeping_prefix("/static", bare())
         .build()
         .unwrap();
     overhead(&mut group, "router_strip", &template, router);

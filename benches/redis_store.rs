@@ -19,7 +19,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
 use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend, RedisStore};
-use tower_gateway::rate_limit::{Check, Client, Decision, LocalStore, Quota, RateLimitStore};
+use tower_gateway::rate_limit::{Check, ClientId, Decision, LocalStore, Quota, RateLimitStore};
 
 const KEYS: u32 = 10_000;
 const CONCURRENCY: u64 = 64;
@@ -61,11 +61,11 @@ impl Drop for Server {
     }
 }
 
-fn client(i: u32) -> Client {
-    Client::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i % KEYS))))
+fn client(i: u32) -> ClientId {
+    ClientId::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i % KEYS))))
 }
 
-async fn decide<St: RateLimitStore<Client>>(store: &St, key: &Client) -> Decision {
+async fn decide<St: RateLimitStore<ClientId>>(store: &St, key: &ClientId) -> Decision {
     match store.check(Some(key), true) {
         Check::Ready(decision) => decision,
         Check::Pending(decision) => decision.await,
@@ -84,7 +84,7 @@ fn redis_store(c: &mut Criterion) {
         .unwrap();
     // Plenty: nothing is refused during the run.
     let quota = Quota::new(1_000_000_000, Duration::from_secs(60)).unwrap();
-    let redis: RedisStore<Client> = {
+    let redis: RedisStore<ClientId> = {
         let _entered = runtime.enter();
         RedisBackend::builder(format!("redis://127.0.0.1:{}", server.port))
             .timeout(Duration::from_secs(1))
@@ -93,7 +93,7 @@ fn redis_store(c: &mut Criterion) {
             .unwrap()
             .store("bench", quota)
     };
-    let local = LocalStore::<Client>::new(quota);
+    let local = LocalStore::<ClientId>::new(quota);
     // Connect and load the script before measuring.
     assert!(matches!(
         runtime.block_on(decide(&redis, &client(0))),

@@ -194,11 +194,23 @@ impl KeyStore for KeySet {
 }
 
 struct Settings<K> {
-    store: K,
+    store: Arc<K>,
     header: HeaderName,
     challenge: HeaderValue,
     anonymous: Vec<Box<str>>,
     scope: Option<Box<str>>,
+}
+
+impl<K> Clone for Settings<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            header: self.header.clone(),
+            challenge: self.challenge.clone(),
+            anonymous: self.anonymous.clone(),
+            scope: self.scope.clone(),
+        }
+    }
 }
 
 impl<K> Settings<K> {
@@ -231,7 +243,7 @@ impl<K> ApiKeyAuthLayer<K> {
     pub fn new(store: K) -> Self {
         Self {
             settings: Arc::new(Settings {
-                store,
+                store: Arc::new(store),
                 header: X_API_KEY,
                 challenge: challenge(&X_API_KEY),
                 anonymous: Vec::new(),
@@ -243,11 +255,13 @@ impl<K> ApiKeyAuthLayer<K> {
 }
 
 impl<K, R> ApiKeyAuthLayer<K, R> {
+    /// This layer's settings, copied first when clones share them: a setter changes this
+    /// layer only, never clones made before.
     fn settings_mut(&mut self) -> &mut Settings<K> {
-        Arc::get_mut(&mut self.settings).expect("configure an ApiKeyAuthLayer before cloning it")
+        Arc::make_mut(&mut self.settings)
     }
 
-    /// Reads the key from `header` instead of `x-api-key`. Configure before cloning.
+    /// Reads the key from `header` instead of `x-api-key`.
     pub fn header(mut self, header: HeaderName) -> Self {
         let settings = self.settings_mut();
         settings.challenge = challenge(&header);
@@ -256,13 +270,13 @@ impl<K, R> ApiKeyAuthLayer<K, R> {
     }
 
     /// Lets requests whose path is under `prefix` (on a segment boundary) through without a
-    /// key; a valid key there still sets the identity. Configure before cloning.
+    /// key; a valid key there still sets the identity.
     pub fn anonymous(mut self, prefix: impl Into<Box<str>>) -> Self {
         self.settings_mut().anonymous.push(prefix.into());
         self
     }
 
-    /// Answers `403` to keys whose identity lacks `scope`. Configure before cloning.
+    /// Answers `403` to keys whose identity lacks `scope`.
     pub fn require_scope(mut self, scope: impl Into<Box<str>>) -> Self {
         self.settings_mut().scope = Some(scope.into());
         self

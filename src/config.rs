@@ -2,7 +2,8 @@
 //!
 //! Every table denies unknown keys, durations are in humantime form (`"250ms"`, `"5s"`,
 //! `"1m"`), and every error is one line that names the key and the problem
-//! (`routes[1].timeout: invalid duration "5 parsecs": ...`). The format is CONTRACT.md §2.
+//! (`routes[1].timeout: invalid duration "5 parsecs": ...`). Each table and key is documented
+//! on [`Config`] and the types of its fields; the example below uses every one.
 //!
 //! # Example
 //! ```
@@ -65,7 +66,6 @@ use crate::circuit_breaker::{FailureRate, FailureRateError};
 use crate::forwarded::TrustedProxies;
 use crate::proxy::{Upstream, UpstreamError};
 use crate::rate_limit::{Quota, QuotaError};
-use crate::retry::RetryLayer;
 use crate::route::{RouteError, validate_prefix};
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
@@ -179,7 +179,8 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The whole config file (CONTRACT.md §2).
+/// The whole config file: `[server]`, `[auth]`, `[rate_limit_store]`, `[admin]` and the
+/// `[[routes]]`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -476,13 +477,10 @@ impl RetryConfig {
         Ok(())
     }
 
-    /// The layer this section asks for.
-    fn layer(&self) -> RetryLayer {
-        let layer = RetryLayer::new(self.max_retries).base_delay(self.base_delay);
-        match self.max_delay {
-            Some(max) => layer.max_delay(max),
-            None => layer,
-        }
+    /// The cap on any wait: as set, else ten times `base_delay` (the retry layer's rule).
+    fn max_delay(&self) -> Duration {
+        self.max_delay
+            .unwrap_or_else(|| self.base_delay.saturating_mul(10))
     }
 }
 
@@ -556,7 +554,9 @@ impl Config {
         let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
         let mut builder = Gateway::builder().trusted_proxies(trusted);
         if let Some(auth) = &self.auth {
-            builder = builder.auth(auth.key_set()?, Some(auth.header.clone()));
+            builder = builder
+                .auth(auth.key_set()?)
+                .auth_header(auth.header.clone());
         }
         #[cfg(feature = "redis")]
         if let Some(store) = &self.rate_limit_store {
@@ -589,7 +589,9 @@ impl Config {
                 target = target.bulkhead(max);
             }
             if let Some(retry) = &route.retry {
-                target = target.retry(retry.layer());
+                target = target
+                    .retry(retry.max_retries)
+                    .retry_backoff(retry.base_delay, retry.max_delay());
             }
             builder = builder.route(route.prefix.clone(), target);
         }
@@ -901,7 +903,7 @@ fn optional_duration<'de, D: Deserializer<'de>>(
 mod tests {
     use super::*;
 
-    /// CONTRACT.md §2, verbatim.
+    /// Every key of the format, as the README shows it.
     const FULL: &str = r#"
 [server]
 listen = "127.0.0.1:5050"

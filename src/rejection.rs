@@ -75,7 +75,8 @@ use tower::{Layer, Service};
 
 /// What kind of answer the gateway gave, and so its status code.
 ///
-/// This enum is the one place that maps causes to status codes (CONTRACT.md §3).
+/// This enum is the one place that maps causes to status codes: see each variant and
+/// [`RejectionKind::status`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectionKind {

@@ -2,8 +2,9 @@
 //!
 //! [`Router`] holds `(prefix, service)` pairs. The longest prefix that matches the path on a
 //! segment boundary wins: `/api/a` matches `/api/a`, `/api/a/` and `/api/a/ping`, never
-//! `/api/ab`; the prefix `/` matches every path. With `strip_prefix` the prefix is cut off
-//! before the route's service sees the request, the query kept: `/api/a/ping?x=1` becomes
+//! `/api/ab`; the prefix `/` matches every path. The prefix is cut off before the route's
+//! service sees the request (unless the route was added with
+//! [`route_keeping_prefix`](RouterBuilder::route_keeping_prefix)), the query kept: `/api/a/ping?x=1` becomes
 //! `/ping?x=1`, and the bare prefix `/api/a` becomes `/`.
 //!
 //! The matched route goes into the request extensions as a
@@ -28,8 +29,8 @@
 //!     Ok::<_, std::convert::Infallible>(Response::new(body))
 //! });
 //! let router = Router::builder()
-//!     .route("/api/a", true, echo_path.clone())
-//!     .route("/api", false, echo_path)
+//!     .route("/api/a", echo_path.clone())
+//!     .route_keeping_prefix("/api", echo_path)
 //!     .build()
 //!     .unwrap();
 //!
@@ -186,11 +187,20 @@ impl<S, R> fmt::Debug for RouterBuilder<S, R> {
 
 impl<S, R> RouterBuilder<S, R> {
     /// Adds a route: requests whose path is under `prefix` go to `service`, with the prefix
-    /// cut off when `strip_prefix` is set.
-    pub fn route(mut self, prefix: impl Into<String>, strip_prefix: bool, service: S) -> Self {
+    /// cut off (`/api/a/ping` under `/api/a` reaches it as `/ping`).
+    pub fn route(self, prefix: impl Into<String>, service: S) -> Self {
+        self.push(prefix.into(), true, service)
+    }
+
+    /// Adds a route whose `service` sees the path as the client sent it, prefix included.
+    pub fn route_keeping_prefix(self, prefix: impl Into<String>, service: S) -> Self {
+        self.push(prefix.into(), false, service)
+    }
+
+    fn push(mut self, prefix: String, strip: bool, service: S) -> Self {
         self.routes.push(Entry {
-            prefix: prefix.into().into(),
-            strip: strip_prefix,
+            prefix: prefix.into(),
+            strip,
             service,
         });
         self
@@ -482,9 +492,9 @@ mod tests {
 
     fn router() -> Router<Tag> {
         Router::builder()
-            .route("/api/a", true, Tag("a"))
-            .route("/api", false, Tag("api"))
-            .route("/api/a/deep", true, Tag("deep"))
+            .route("/api/a", Tag("a"))
+            .route_keeping_prefix("/api", Tag("api"))
+            .route("/api/a/deep", Tag("deep"))
             .build()
             .unwrap()
     }
@@ -494,7 +504,7 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (matched, refused) = (Arc::clone(&seen), Arc::clone(&seen));
         let router = Router::builder()
-            .route("/api/a", true, Tag("a"))
+            .route("/api/a", Tag("a"))
             .on_match(move |route: &MatchedRoute| {
                 let entry = format!("match {} {}", route.prefix(), route.stripped());
                 matched.lock().unwrap().push(entry);
@@ -547,7 +557,6 @@ mod tests {
         let r = Router::builder()
             .route(
                 "/api/a",
-                true,
                 tower::service_fn(|req: Request<()>| async move {
                     let route = req.extensions().get::<MatchedRoute>().unwrap();
                     assert_eq!((route.prefix(), route.stripped()), ("/api/a", true));
@@ -574,8 +583,8 @@ mod tests {
     #[tokio::test]
     async fn root_prefix_catches_everything_else() {
         let r = Router::builder()
-            .route("/", true, Tag("root"))
-            .route("/a", true, Tag("a"))
+            .route("/", Tag("root"))
+            .route("/a", Tag("a"))
             .build()
             .unwrap();
         assert_eq!(get(&r, "/a/x").await, (200, "a /x".into()));
@@ -631,8 +640,8 @@ mod tests {
             assert!(validate_prefix(bad).is_err(), "{bad}");
         }
         let dup = Router::builder()
-            .route("/a", true, Tag("1"))
-            .route("/a", false, Tag("2"))
+            .route("/a", Tag("1"))
+            .route_keeping_prefix("/a", Tag("2"))
             .build();
         assert!(matches!(dup, Err(RouteError::DuplicatePrefix(p)) if p == "/a"));
     }

@@ -47,7 +47,7 @@ async fn junk_keys_get_a_401_and_no_key_reaches_the_logs_or_the_upstream() {
     drop(dead);
     let gw = common::gauge::serve_gateway(
         Gateway::builder()
-            .auth(KeySet::new().key("alice", "alice-secret-7f3a"), None)
+            .auth(KeySet::new().key("alice", "alice-secret-7f3a"))
             .route(
                 "/api",
                 Route::to([format!("http://{up}")]).anonymous("/health"),

@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::rate_limit::Quota;
-use tower_gateway::retry::RetryLayer;
 use tower_gateway::server::Server;
 
 use common::gauge::{client, fetch};
@@ -60,7 +59,7 @@ async fn scripted_traffic_gives_exact_metrics() {
     let (slow, slow_hits) = upstream(200, Duration::from_secs(30)).await;
     let builder = || {
         Gateway::builder()
-            .auth(KeySet::new().key("alice", "alice-secret"), None)
+            .auth(KeySet::new().key("alice", "alice-secret"))
             .route(
                 "/m/ok",
                 Route::to([ok.clone()])
@@ -70,7 +69,8 @@ async fn scripted_traffic_gives_exact_metrics() {
             .route(
                 "/m/fail",
                 Route::to([fail.clone()])
-                    .retry(RetryLayer::new(2).base_delay(Duration::from_millis(1)))
+                    .retry(2)
+                    .retry_backoff(Duration::from_millis(1), Duration::from_millis(10))
                     .circuit_breaker(NonZeroU32::new(2).unwrap(), Duration::from_secs(600)),
             )
             .route(

@@ -565,7 +565,7 @@ async fn auth_in_the_gateway_runs_after_routing_and_opens_anonymous_sub_paths() 
     let keys = tower_gateway::api_key::KeySet::new().key("alice", "alice-secret");
     let gw = serve(
         Gateway::builder()
-            .auth(keys, None)
+            .auth(keys)
             .route("/api/a", Route::to([url(up)]).anonymous("/health"))
             .route(
                 "/full",

@@ -78,7 +78,7 @@ async fn a_concurrent_flood_from_one_client_gets_its_quota_and_no_more() {
     let (up, seen) = gauge::start().await;
     let gw = serve_gateway(
         Gateway::builder()
-            .auth(KeySet::new().key("client", "client-secret"), None)
+            .auth(KeySet::new().key("client", "client-secret"))
             .route("/api", Route::to([url(up)]).rate_limit(quota)),
     )
     .await;
@@ -143,7 +143,6 @@ async fn api_keys_have_separate_budgets_and_404_or_401_cost_nothing() {
                 KeySet::new()
                     .key("alice", "alice-secret")
                     .key("bob", "bob-secret"),
-                None,
             )
             .route(
                 "/api",

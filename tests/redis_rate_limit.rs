@@ -18,7 +18,7 @@ use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::extensions::Identity;
 use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
-use tower_gateway::rate_limit::{Check, Client, Decision, Quota, RateLimitStore};
+use tower_gateway::rate_limit::{Check, ClientId, Decision, Quota, RateLimitStore};
 
 use common::gauge::{self, Answer, HttpClient, client, fetch, serve_gateway};
 use common::redis::{RedisServer, Reply};
@@ -64,7 +64,7 @@ async fn instances(
         let backend = backend(redis, on_error, timeout);
         let addr = serve_gateway(
             Gateway::builder()
-                .auth(keys(), None)
+                .auth(keys())
                 .rate_limit_store(backend.clone())
                 .route(
                     "/api",
@@ -337,9 +337,9 @@ async fn the_script_decides_like_the_local_store() {
     };
     // 3 per 3 s: one back a second.
     let quota = Quota::new(3, Duration::from_secs(3)).unwrap();
-    let store =
-        backend(&redis, OnStoreError::Deny, Duration::from_secs(2)).store::<Client>("unit", quota);
-    let client = Client::Identity(Identity::new("frank"));
+    let store = backend(&redis, OnStoreError::Deny, Duration::from_secs(2))
+        .store::<ClientId>("unit", quota);
+    let client = ClientId::Identity(Identity::new("frank"));
     assert_eq!(store.key_name(Some(&client)), b"test:unit:id:frank");
     let decide = async || match store.check(Some(&client), true) {
         Check::Pending(decision) => decision.await,

@@ -20,7 +20,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::config::Config;
-use tower_gateway::retry::RetryLayer;
 
 use common::gauge::serve_gateway;
 use common::serve_hyper;
@@ -109,9 +108,9 @@ impl Upstream {
 }
 
 /// Retries with almost no wait, so the tests run fast.
-fn retries(max: u32) -> RetryLayer {
-    RetryLayer::new(max).base_delay(Duration::from_millis(2))
-}
+/// The backoff of every retrying route here: short, so that tests run fast.
+const BASE: Duration = Duration::from_millis(2);
+const CAP: Duration = Duration::from_millis(20);
 
 struct Answer {
     status: StatusCode,
@@ -143,9 +142,11 @@ async fn get(gw: SocketAddr, path: &str) -> Answer {
 #[tokio::test]
 async fn a_get_to_an_always_500_upstream_reaches_it_three_times_and_gets_the_500() {
     let up = Upstream::always(500).await;
-    let gw =
-        serve_gateway(Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))))
-            .await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+    ))
+    .await;
 
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 500);
@@ -166,9 +167,11 @@ async fn every_attempt_sends_the_same_head() {
     // a copy: the head that comes back must be the client's, not the one the proxy sent
     // (whose X-Forwarded-For already had the peer appended and whose Host is the upstream's).
     let up = Upstream::always(503).await;
-    let gw =
-        serve_gateway(Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))))
-            .await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+    ))
+    .await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = Request::get(format!("http://{gw}/api/items?page=2&sort=desc"))
         .header("x-correlation-id", "same-head")
@@ -210,9 +213,10 @@ async fn every_attempt_sends_the_same_head() {
 async fn post_patch_put_and_delete_reach_it_once() {
     for method in [Method::POST, Method::PATCH, Method::PUT, Method::DELETE] {
         let up = Upstream::always(500).await;
-        let gw = serve_gateway(
-            Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))),
-        )
+        let gw = serve_gateway(Gateway::builder().route(
+            "/api",
+            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+        ))
         .await;
         let res = send(gw, method.clone(), "/api/orders", Bytes::from("order")).await;
         assert_eq!(res.status, 500, "{method}");
@@ -225,9 +229,10 @@ async fn post_patch_put_and_delete_reach_it_once() {
 async fn head_and_options_are_retried() {
     for method in [Method::HEAD, Method::OPTIONS] {
         let up = Upstream::always(503).await;
-        let gw = serve_gateway(
-            Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))),
-        )
+        let gw = serve_gateway(Gateway::builder().route(
+            "/api",
+            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+        ))
         .await;
         let res = send(gw, method.clone(), "/api/thing", Bytes::new()).await;
         assert_eq!(res.status, 503, "{method}");
@@ -239,9 +244,10 @@ async fn head_and_options_are_retried() {
 async fn client_errors_reach_it_once() {
     for status in [400, 404, 429] {
         let up = Upstream::always(status).await;
-        let gw = serve_gateway(
-            Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))),
-        )
+        let gw = serve_gateway(Gateway::builder().route(
+            "/api",
+            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+        ))
         .await;
         let res = get(gw, "/api/thing").await;
         assert_eq!(res.status.as_u16(), status);
@@ -252,9 +258,11 @@ async fn client_errors_reach_it_once() {
 #[tokio::test]
 async fn failing_twice_then_succeeding_answers_200() {
     let up = Upstream::start(|n| (if n < 2 { 500 } else { 200 }, Duration::ZERO)).await;
-    let gw =
-        serve_gateway(Gateway::builder().route("/api", Route::to([up.url()]).retry(retries(2))))
-            .await;
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
+    ))
+    .await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 200);
     assert_eq!(res.body, "attempt 2");
@@ -278,7 +286,8 @@ async fn each_attempt_has_its_own_timeout() {
             "/api",
             Route::to([up.url()])
                 .timeout(Duration::from_millis(200))
-                .retry(retries(2)),
+                .retry(2)
+                .retry_backoff(BASE, CAP),
         ),
     )
     .await;
@@ -294,7 +303,8 @@ async fn each_attempt_has_its_own_timeout() {
             "/api",
             Route::to([slow.url()])
                 .timeout(Duration::from_millis(200))
-                .retry(retries(1)),
+                .retry(1)
+                .retry_backoff(BASE, CAP),
         ),
     )
     .await;
@@ -317,10 +327,14 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
             drop(stream);
         }
     });
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([format!("http://{addr}")]).retry(retries(2)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([format!("http://{addr}")])
+                .retry(2)
+                .retry_backoff(BASE, CAP),
+        ),
+    )
     .await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 502);
@@ -330,10 +344,14 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nowhere = closed.local_addr().unwrap();
     drop(closed);
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([format!("http://{nowhere}")]).retry(retries(2)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([format!("http://{nowhere}")])
+                .retry(2)
+                .retry_backoff(BASE, CAP),
+        ),
+    )
     .await;
     assert_eq!(get(gw, "/api/thing").await.status, 502);
 }
@@ -341,10 +359,15 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
 #[tokio::test]
 async fn a_small_body_is_replayed_whole_and_a_large_one_is_sent_once() {
     let up = Upstream::always(503).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([up.url()])
+                .retry(2)
+                .retry_backoff(BASE, CAP)
+                .retry_idempotent_writes(true),
+        ),
+    )
     .await;
     let res = send(gw, Method::PUT, "/api/doc", Bytes::from("the document")).await;
     assert_eq!(res.status, 503);
@@ -352,10 +375,15 @@ async fn a_small_body_is_replayed_whole_and_a_large_one_is_sent_once() {
     assert_eq!(bodies, ["the document"; 3]);
 
     let up = Upstream::always(503).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([up.url()])
+                .retry(2)
+                .retry_backoff(BASE, CAP)
+                .retry_idempotent_writes(true),
+        ),
+    )
     .await;
     let large: Bytes = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
     let res = send(gw, Method::PUT, "/api/doc", large.clone()).await;
@@ -373,7 +401,8 @@ async fn the_breaker_counts_one_failure_per_client_request() {
             "/api",
             Route::to([up.url()])
                 .circuit_breaker(NonZeroU32::new(3).unwrap(), Duration::from_secs(60))
-                .retry(retries(2)),
+                .retry(2)
+                .retry_backoff(BASE, CAP),
         ),
     )
     .await;
@@ -450,7 +479,8 @@ async fn a_retried_request_holds_one_bulkhead_slot_through_its_wait() {
             "/api",
             Route::to([format!("http://{up}")])
                 .bulkhead(std::num::NonZeroUsize::new(1).unwrap())
-                .retry(retries(1)),
+                .retry(1)
+                .retry_backoff(BASE, CAP),
         ),
     )
     .await;
@@ -481,10 +511,15 @@ async fn a_streamed_body_past_the_limit_is_sent_once_and_whole() {
     use http_body_util::StreamBody;
 
     let up = Upstream::always(503).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([up.url()])
+                .retry(2)
+                .retry_backoff(BASE, CAP)
+                .retry_idempotent_writes(true),
+        ),
+    )
     .await;
     let chunks: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 2048])).collect();
     let whole: Bytes = chunks.concat().into();
@@ -508,10 +543,15 @@ async fn a_streamed_body_past_the_limit_is_sent_once_and_whole() {
 
     // A small streamed body is kept and sent whole by every attempt.
     let up = Upstream::always(503).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(retries(2).idempotent_writes(true)),
-    ))
+    let gw = serve_gateway(
+        Gateway::builder().route(
+            "/api",
+            Route::to([up.url()])
+                .retry(2)
+                .retry_backoff(BASE, CAP)
+                .retry_idempotent_writes(true),
+        ),
+    )
     .await;
     let frames = futures_util::stream::iter(
         ["small ", "streamed ", "body"]

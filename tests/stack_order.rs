@@ -123,7 +123,7 @@ async fn a_404_a_401_and_a_400_spend_no_rate_limit_token() {
     let (up, upstream) = switch::start().await;
     let gw = serve_gateway(
         Gateway::builder()
-            .auth(KeySet::new().key("alice", "alice-secret"), None)
+            .auth(KeySet::new().key("alice", "alice-secret"))
             .route(
                 "/api",
                 Route::to([url(up)])
@@ -310,7 +310,7 @@ async fn every_answer_the_gateway_gives_itself_carries_the_correlation_id() {
     drop(dead);
     let gw = serve_gateway(
         Gateway::builder()
-            .auth(KeySet::new().key("alice", "alice-secret"), None)
+            .auth(KeySet::new().key("alice", "alice-secret"))
             .route("/limited", Route::to([url(up)]).rate_limit(per_minute(1)))
             .route("/full", Route::to([url(up)]).bulkhead(slots(1)))
             .route(
@@ -424,7 +424,7 @@ async fn hop_by_hop_headers_go_before_routing_and_auth_and_off_the_gateways_own_
     };
     let gw = serve_gateway(
         Gateway::builder()
-            .auth(KeySet::new().key("alice", "alice-secret"), None)
+            .auth(KeySet::new().key("alice", "alice-secret"))
             .route(
                 "/api",
                 Route::to([url(up)]).rate_limit(per_minute(1)).layer(spy),

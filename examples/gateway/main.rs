@@ -1,4 +1,4 @@
-//! The bundled example gateway: a TOML config in, a hardened gateway out (CONTRACT.md §1).
+//! The bundled example gateway: a TOML config in, a hardened gateway out.
 //!
 //! Run it with `cargo run --example gateway`, then:
 //! ```text
@@ -59,7 +59,8 @@ gateway: the tower-gateway example gateway
 
 usage: gateway [--config FILE] [--listen ADDR] [--log-format text|json] [--help]
 
-  --config FILE       serve the routes of a TOML config file (the format is CONTRACT.md §2)
+  --config FILE       serve the routes of a TOML config file (every key is in the
+                      README's quick start and the docs of tower_gateway::config)
   --listen ADDR       listen on ADDR instead of server.listen (port 0 picks a free port)
   --log-format FMT    `text` (default: human-readable lines) or `json` (one object a line)
   --help              show this help

@@ -78,7 +78,7 @@ use crate::forwarded::TrustedProxies;
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{ProxyClient, ProxyClientBuilder, ProxyService, UpstreamError};
 use crate::rate_limit::{
-    Client, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
+    ClientId, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
 };
 use crate::retry::{Retry, RetryBody};
 use crate::route::{RouteError, Router};
@@ -107,9 +107,9 @@ type Admitted<B> = Bulkhead<Retry<Timeout<ProxyService<ForwardedBody<B>>>, Share
 /// The circuit breaker when the route has one.
 type Guarded<B> = Either<CircuitBreaker<Admitted<B>, SharedClassifier>, Admitted<B>>;
 /// A route's rate-limit layer: per client, in-process or in a shared store.
-type RouteLimit = RateLimitLayer<ClientKey, RouteStore<Client>>;
+type RouteLimit = RateLimitLayer<ClientKey, RouteStore<ClientId>>;
 /// The rate limit when the route has one.
-type Limited<B> = Either<RateLimit<Guarded<B>, ClientKey, RouteStore<Client>>, Guarded<B>>;
+type Limited<B> = Either<RateLimit<Guarded<B>, ClientKey, RouteStore<ClientId>>, Guarded<B>>;
 /// Auth when it is on.
 type Authed<B> = Either<ApiKeyAuth<Limited<B>, Arc<KeySet>>, Limited<B>>;
 /// The user's layers around it, boxed, when the route has any.
@@ -156,7 +156,8 @@ pub enum BuildError {
 #[must_use]
 pub struct GatewayBuilder<B = Incoming> {
     routes: Vec<(String, Route<B>)>,
-    auth: Option<(Arc<KeySet>, HeaderName)>,
+    auth: Option<Arc<KeySet>>,
+    auth_header: HeaderName,
     trusted: TrustedProxies,
     correlation_header: HeaderName,
     client: ProxyClientBuilder,
@@ -171,6 +172,7 @@ impl<B> fmt::Debug for GatewayBuilder<B> {
         f.debug_struct("GatewayBuilder")
             .field("routes", &self.routes)
             .field("auth", &self.auth)
+            .field("auth_header", &self.auth_header)
             .field("trusted", &self.trusted)
             .field("correlation_header", &self.correlation_header)
             .finish_non_exhaustive()
@@ -189,11 +191,18 @@ where
         self
     }
 
-    /// Turns API-key auth on for every route: requests need a key of `keys` in `header`
-    /// (`x-api-key` when `None`), except on each route's [anonymous](Route::anonymous)
-    /// sub-paths.
-    pub fn auth(mut self, keys: KeySet, header: Option<HeaderName>) -> Self {
-        self.auth = Some((Arc::new(keys), header.unwrap_or(X_API_KEY)));
+    /// Turns API-key auth on for every route: requests need a key of `keys` (in the
+    /// [`auth_header`](Self::auth_header)), except on each route's
+    /// [anonymous](Route::anonymous) sub-paths.
+    pub fn auth(mut self, keys: KeySet) -> Self {
+        self.auth = Some(Arc::new(keys));
+        self
+    }
+
+    /// The header that carries the API key when [auth](Self::auth) is on (default
+    /// `x-api-key`).
+    pub fn auth_header(mut self, header: HeaderName) -> Self {
+        self.auth_header = header;
         self
     }
 
@@ -258,7 +267,11 @@ where
             let mut carried = Carried::default();
             let service = self.route_stack(prefix, route, &client, &old, &mut carried)?;
             states.insert(prefix.clone(), carried);
-            router = router.route(prefix.clone(), route.strip_prefix, service);
+            router = if route.strip_prefix {
+                router.route(prefix.clone(), service)
+            } else {
+                router.route_keeping_prefix(prefix.clone(), service)
+            };
         }
         let router = router.build()?;
         let inner = CorrelationIdLayer::new()
@@ -296,7 +309,7 @@ where
         let store = |quota| self.store_for(prefix, quota);
         let limit = stages::rate_limit(route, store, &self.trusted, old, carried);
         let limited = stages::optional(limit, guarded);
-        let auth = stages::auth(prefix, route, self.auth.as_ref());
+        let auth = stages::auth(prefix, route, self.auth.as_ref(), &self.auth_header);
         let authed = stages::optional(auth, limited);
         let service = if route.layers.is_empty() {
             Either::Left(authed)
@@ -312,7 +325,7 @@ where
 
     /// Where a route's rate-limit budgets live: in the shared store when the builder has
     /// one, else in the process.
-    fn store_for(&self, prefix: &str, quota: Quota) -> RouteStore<Client> {
+    fn store_for(&self, prefix: &str, quota: Quota) -> RouteStore<ClientId> {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.shared_limits {
             return redis.store(prefix, quota).into();
@@ -360,6 +373,7 @@ where
         GatewayBuilder {
             routes: Vec::new(),
             auth: None,
+            auth_header: X_API_KEY,
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
             client: ProxyClientBuilder::new(),

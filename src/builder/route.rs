@@ -14,7 +14,6 @@ use super::{BoxRoute, GatewayResponse};
 use crate::circuit_breaker::FailureRate;
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::rate_limit::Quota;
-use crate::retry::RetryLayer;
 use std::convert::Infallible;
 
 /// The default per-attempt timeout: 30 s.
@@ -33,9 +32,18 @@ pub struct Route<B = Incoming> {
     pub(super) rate_limit: Option<Quota>,
     pub(super) circuit_breaker: Option<Breaker>,
     pub(super) bulkhead: Option<NonZeroUsize>,
-    pub(super) retry: Option<RetryLayer>,
+    pub(super) retry: Retries,
     pub(super) classifier: SharedClassifier,
     pub(super) layers: Vec<WrapFn<B>>,
+}
+
+/// A route's retry settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Retries {
+    pub(super) max_retries: u32,
+    /// The first wait's ceiling and the cap on any wait; the retry layer's defaults if unset.
+    pub(super) backoff: Option<(Duration, Duration)>,
+    pub(super) idempotent_writes: bool,
 }
 
 /// A route's circuit-breaker settings: what trips it and for how long.
@@ -84,7 +92,7 @@ impl<B> Route<B> {
             rate_limit: None,
             circuit_breaker: None,
             bulkhead: None,
-            retry: None,
+            retry: Retries::default(),
             classifier: SharedClassifier::default(),
             layers: Vec::new(),
         }
@@ -130,11 +138,27 @@ impl<B> Route<B> {
         self
     }
 
-    /// Retries this route's failed `GET`, `HEAD` and `OPTIONS` requests as `retry` says
-    /// (`RetryLayer::new(2).base_delay(..)`; see [`RetryLayer`]), each attempt under the
-    /// route's timeout. Failures are what the route's [classifier](Self::classifier) says.
-    pub fn retry(mut self, retry: RetryLayer) -> Self {
-        self.retry = Some(retry);
+    /// Retries this route's failed `GET`, `HEAD` and `OPTIONS` requests up to `max_retries`
+    /// times (`0`, the default, is no retry), each attempt under the route's timeout, after
+    /// a jittered backoff, within a retry budget (see
+    /// [`RetryLayer`](crate::retry::RetryLayer)). Failures are what the route's
+    /// [classifier](Self::classifier) says.
+    pub fn retry(mut self, max_retries: u32) -> Self {
+        self.retry.max_retries = max_retries;
+        self
+    }
+
+    /// The ceiling of the first retry's wait and the cap on any wait (defaults 25 ms and
+    /// 250 ms; see [`RetryLayer::base_delay`](crate::retry::RetryLayer::base_delay)).
+    pub fn retry_backoff(mut self, base_delay: Duration, max_delay: Duration) -> Self {
+        self.retry.backoff = Some((base_delay, max_delay));
+        self
+    }
+
+    /// Also retries `PUT` and `DELETE`, which HTTP defines as idempotent (default `false`;
+    /// see [`RetryLayer::idempotent_writes`](crate::retry::RetryLayer::idempotent_writes)).
+    pub fn retry_idempotent_writes(mut self, on: bool) -> Self {
+        self.retry.idempotent_writes = on;
         self
     }
 

@@ -12,7 +12,7 @@ use tower::util::Either;
 
 use super::carry::Carried;
 use super::observe::Observer;
-use super::route::{Breaker, Route, Trip};
+use super::route::{Breaker, Retries, Route, Trip};
 use super::{BuildError, ForwardedBody, GatewayClient, RouteLimit};
 use crate::api_key::{ApiKeyAuthLayer, KeySet};
 use crate::bulkhead::BulkheadLayer;
@@ -20,7 +20,7 @@ use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::classify::SharedClassifier;
 use crate::forwarded::TrustedProxies;
 use crate::proxy::{ProxyService, Upstream};
-use crate::rate_limit::{Client, ClientKey, Quota, RateLimitLayer, RouteStore};
+use crate::rate_limit::{ClientId, ClientKey, Quota, RateLimitLayer, RouteStore};
 use crate::retry::RetryLayer;
 use crate::timeout::TimeoutLayer;
 
@@ -80,10 +80,16 @@ pub(super) fn timeout<B>(route: &Route<B>) -> TimeoutLayer {
 /// Retry, passing everything straight through on a route without one, so that every route
 /// has one type. The proxy below hands each request back: no copy is kept for a retry.
 pub(super) fn retry<B>(route: &Route<B>) -> RetryLayer<SharedClassifier> {
-    route
-        .retry
-        .clone()
-        .unwrap_or_else(|| RetryLayer::new(0))
+    let Retries {
+        max_retries,
+        backoff,
+        idempotent_writes,
+    } = route.retry;
+    let mut retry = RetryLayer::new(max_retries).idempotent_writes(idempotent_writes);
+    if let Some((base, max)) = backoff {
+        retry = retry.base_delay(base).max_delay(max);
+    }
+    retry
         .with_classifier(route.classifier.clone())
         .hand_back(true)
 }
@@ -137,7 +143,7 @@ pub(super) fn circuit_breaker<B>(
 /// budgets carry over when the quota is the same.
 pub(super) fn rate_limit<B>(
     route: &Route<B>,
-    store: impl FnOnce(Quota) -> RouteStore<Client>,
+    store: impl FnOnce(Quota) -> RouteStore<ClientId>,
     trusted: &TrustedProxies,
     old: &Carried,
     carried: &mut Carried,
@@ -161,9 +167,10 @@ pub(super) fn rate_limit<B>(
 pub(super) fn auth<B>(
     prefix: &str,
     route: &Route<B>,
-    auth: Option<&(Arc<KeySet>, HeaderName)>,
+    keys: Option<&Arc<KeySet>>,
+    header: &HeaderName,
 ) -> Option<ApiKeyAuthLayer<Arc<KeySet>>> {
-    let (keys, header) = auth?;
+    let keys = keys?;
     let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys)).header(header.clone());
     for path in &route.anonymous {
         auth = if route.strip_prefix || prefix == "/" {

@@ -80,17 +80,17 @@ where
     }
 }
 
-/// A client, as [`ClientKey`] tells them apart.
+/// Who a request is from, as [`ClientKey`] extracts it: the key its budget is kept under.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Client {
+pub enum ClientId {
     /// An authenticated identity.
     Identity(Identity),
     /// An anonymous client, by address.
     Ip(IpAddr),
 }
 
-/// The contract's client key, and the default: the auth [`Identity`] when there is one,
-/// else the client's IP address as [`PeerIp`] finds it.
+/// The default key extractor: keys each request by its [`ClientId`], the auth [`Identity`]
+/// when there is one, else the client's IP address as [`PeerIp`] finds it.
 #[derive(Clone, Debug, Default)]
 pub struct ClientKey {
     ip: PeerIp,
@@ -117,13 +117,13 @@ impl ClientKey {
 }
 
 impl KeyExtractor for ClientKey {
-    type Key = Client;
+    type Key = ClientId;
 
     #[inline]
-    fn extract(&self, req: &RequestHead<'_>) -> Option<Client> {
+    fn extract(&self, req: &RequestHead<'_>) -> Option<ClientId> {
         match req.extensions().get::<Identity>() {
-            Some(identity) => Some(Client::Identity(identity.clone())),
-            None => self.ip.extract(req).map(Client::Ip),
+            Some(identity) => Some(ClientId::Identity(identity.clone())),
+            None => self.ip.extract(req).map(ClientId::Ip),
         }
     }
 }
@@ -255,14 +255,14 @@ pub trait StoreKey {
     fn write_key(&self, out: &mut Vec<u8>);
 }
 
-impl StoreKey for Client {
+impl StoreKey for ClientId {
     fn write_key(&self, out: &mut Vec<u8>) {
         match self {
-            Client::Identity(identity) => {
+            ClientId::Identity(identity) => {
                 out.extend_from_slice(b"id:");
                 identity.write_key(out);
             }
-            Client::Ip(ip) => {
+            ClientId::Ip(ip) => {
                 out.extend_from_slice(b"ip:");
                 ip.write_key(out);
             }
@@ -346,11 +346,11 @@ mod tests {
         let key = ClientKey::new();
         assert_eq!(
             key.extract(&head(&request(Some("1.2.3.4:5"), None, Some("alice")))),
-            Some(Client::Identity(Identity::new("alice")))
+            Some(ClientId::Identity(Identity::new("alice")))
         );
         assert_eq!(
             key.extract(&head(&request(Some("1.2.3.4:5"), Some("9.9.9.9"), None))),
-            Some(Client::Ip("1.2.3.4".parse().unwrap())),
+            Some(ClientId::Ip("1.2.3.4".parse().unwrap())),
             "an untrusted peer cannot pick its key with X-Forwarded-For"
         );
         assert_eq!(key.extract(&head(&request(None, None, None))), None);
@@ -366,7 +366,7 @@ mod tests {
                 Some("6.6.6.6, 203.0.113.7"),
                 None
             ))),
-            Some(Client::Ip("203.0.113.7".parse().unwrap()))
+            Some(ClientId::Ip("203.0.113.7".parse().unwrap()))
         );
     }
 

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::Quota;
 use super::future::{ResponseFuture, State};
-use super::key::{Client, ClientKey, KeyExtractor, RequestHead};
+use super::key::{ClientId, ClientKey, KeyExtractor, RequestHead};
 use super::store::{Check, Decision, LocalStore, RateLimitStore};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, ceil_secs};
 
@@ -29,7 +29,7 @@ const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset
 /// `R` renders the `429`. Cloning shares the store: every clone counts against the same
 /// budgets.
 #[must_use]
-pub struct RateLimitLayer<X = ClientKey, St = LocalStore<Client>, R = ProblemJson> {
+pub struct RateLimitLayer<X = ClientKey, St = LocalStore<ClientId>, R = ProblemJson> {
     key: Arc<X>,
     store: Arc<St>,
     headers: Arc<Headers>,
@@ -171,7 +171,7 @@ pub(super) struct Shared<X, St> {
 }
 
 /// Service of [`RateLimitLayer`].
-pub struct RateLimit<S, X = ClientKey, St = LocalStore<Client>, R = ProblemJson> {
+pub struct RateLimit<S, X = ClientKey, St = LocalStore<ClientId>, R = ProblemJson> {
     inner: S,
     shared: Arc<Shared<X, St>>,
     render: R,

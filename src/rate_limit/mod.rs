@@ -106,7 +106,7 @@ use std::time::Duration;
 
 pub use future::ResponseFuture;
 pub use key::{
-    Client, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, RequestHead,
+    ClientId, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, RequestHead,
     StoreKey,
 };
 pub use layer::{RateLimit, RateLimitLayer};
@@ -339,12 +339,12 @@ mod tests {
     /// A store across the network: answers later, or not at all.
     struct Remote(Decision);
 
-    impl RateLimitStore<Client> for Remote {
+    impl RateLimitStore<ClientId> for Remote {
         type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send>>;
         fn quota(&self) -> Quota {
             quota(5, 10)
         }
-        fn check(&self, key: Option<&Client>, usage: bool) -> Check<Self::Future> {
+        fn check(&self, key: Option<&ClientId>, usage: bool) -> Check<Self::Future> {
             assert!(usage, "the layer reports usage in its headers");
             assert!(key.is_some());
             let decision = self.0;

@@ -36,14 +36,14 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
-//! use tower_gateway::rate_limit::{Client, ClientKey, Quota, RateLimitLayer};
+//! use tower_gateway::rate_limit::{ClientId, ClientKey, Quota, RateLimitLayer};
 //!
 //! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
 //!     .timeout(Duration::from_millis(50))
 //!     .on_error(OnStoreError::Local)
 //!     .connect()?; // lazy: the gateway starts even while Redis is down
 //! let quota = Quota::new(100, Duration::from_secs(60))?;
-//! let layer = RateLimitLayer::with_store(ClientKey::new(), redis.store::<Client>("api", quota));
+//! let layer = RateLimitLayer::with_store(ClientKey::new(), redis.store::<ClientId>("api", quota));
 //! # let _ = layer;
 //! # Ok(()) }
 //! ```
@@ -574,16 +574,16 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
     use crate::extensions::Identity;
-    use crate::rate_limit::Client;
+    use crate::rate_limit::ClientId;
 
     #[test]
     fn key_names_are_unambiguous() {
         assert_eq!(escape("/api:a%"), "/api%3Aa%25");
         let mut out = Vec::new();
-        Client::Identity(Identity::new("alice")).write_key(&mut out);
+        ClientId::Identity(Identity::new("alice")).write_key(&mut out);
         assert_eq!(out, b"id:alice");
         out.clear();
-        Client::Ip("2001:db8::1".parse().unwrap()).write_key(&mut out);
+        ClientId::Ip("2001:db8::1".parse().unwrap()).write_key(&mut out);
         assert_eq!(out, b"ip:2001:db8::1");
     }
 
