@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
-use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend, RedisStore};
+use tower_gateway::rate_limit::OnStoreError;
+use tower_gateway::rate_limit::redis::{RedisBackend, RedisStore};
 use tower_gateway::rate_limit::{Check, ClientId, Decision, LocalStore, Quota, RateLimitStore};
 
 const KEYS: u32 = 10_000;

@@ -62,10 +62,10 @@ use serde::de::{Deserializer, Error as _};
 
 use crate::api_key::KeySet;
 use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
-use crate::circuit_breaker::{FailureRate, FailureRateError};
+use crate::circuit_breaker::{FailureRate, FailureRateError, Trip};
 use crate::forwarded::TrustedProxies;
 use crate::proxy::{Upstream, UpstreamError};
-use crate::rate_limit::{Quota, QuotaError};
+use crate::rate_limit::{OnStoreError, Quota, QuotaError};
 use crate::route::{RouteError, validate_prefix};
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
@@ -284,26 +284,11 @@ pub struct RateLimitStoreConfig {
     pub timeout: Duration,
     /// What to do when the store fails or is too slow (default `allow`).
     #[serde(default)]
-    pub on_error: OnError,
+    pub on_error: OnStoreError,
     /// The first part of every key (default `tower-gateway`): gateways that must not share
     /// budgets use different prefixes on one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
-}
-
-/// `rate_limit_store.on_error`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum OnError {
-    /// Fail open: admit the request.
-    #[default]
-    Allow,
-    /// Fail closed: answer 503.
-    Deny,
-    /// Decide in-process: each instance enforces the whole quota alone until the store is
-    /// back.
-    Local,
 }
 
 /// `[[routes]]`: a path prefix and where it goes.
@@ -376,15 +361,9 @@ pub struct CircuitBreakerConfig {
     pub cooldown: Duration,
 }
 
-/// What opens a breaker, from its section.
-enum TripConfig {
-    Consecutive(NonZeroU32),
-    Rate(FailureRate),
-}
-
 impl CircuitBreakerConfig {
     /// The trip policy this section asks for, checked.
-    fn trip(&self, key: &str) -> Result<TripConfig, ConfigError> {
+    fn trip(&self, key: &str) -> Result<Trip, ConfigError> {
         let key = format!("{key}.circuit_breaker");
         let rate_keys = [
             ("failure_rate", self.failure_rate.is_some()),
@@ -400,7 +379,7 @@ impl CircuitBreakerConfig {
                     ));
                 }
                 NonZeroU32::new(threshold)
-                    .map(TripConfig::Consecutive)
+                    .map(Trip::Consecutive)
                     .ok_or_else(|| ConfigError::zero(format!("{key}.failure_threshold")))
             }
             (None, Some(rate)) => {
@@ -409,7 +388,7 @@ impl CircuitBreakerConfig {
                     .ok_or_else(|| ConfigError::zero(format!("{key}.min_calls")))?;
                 let window = self.window.unwrap_or(Duration::from_secs(30));
                 FailureRate::new(rate, window, min_calls)
-                    .map(TripConfig::Rate)
+                    .map(Trip::FailureRate)
                     .map_err(|error| {
                         let field = match error {
                             FailureRateError::RateOutOfRange(_) => "failure_rate",
@@ -573,14 +552,8 @@ impl Config {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
             }
             if let Some(breaker) = &route.circuit_breaker {
-                target = match breaker.trip(&format!("routes[{i}]"))? {
-                    TripConfig::Consecutive(threshold) => {
-                        target.circuit_breaker(threshold, breaker.cooldown)
-                    }
-                    TripConfig::Rate(policy) => {
-                        target.circuit_breaker_failure_rate(policy, breaker.cooldown)
-                    }
-                };
+                target = target
+                    .circuit_breaker(breaker.trip(&format!("routes[{i}]"))?, breaker.cooldown);
             }
             if let Some(bulkhead) = &route.bulkhead {
                 let max = NonZeroUsize::new(bulkhead.max_concurrent).ok_or_else(|| {
@@ -694,13 +667,9 @@ impl RateLimitStoreConfig {
     /// Call it inside a tokio runtime.
     #[cfg(feature = "redis")]
     pub fn backend(&self) -> Result<crate::rate_limit::redis::RedisBackend, ConfigError> {
+        use crate::rate_limit::redis::RedisBackend;
         use crate::rate_limit::redis::RedisStoreError;
-        use crate::rate_limit::redis::{OnStoreError, RedisBackend};
-        let on_error = match self.on_error {
-            OnError::Allow => OnStoreError::Allow,
-            OnError::Deny => OnStoreError::Deny,
-            OnError::Local => OnStoreError::Local,
-        };
+        let on_error = self.on_error;
         RedisBackend::builder(self.url.as_str())
             .timeout(self.timeout)
             .on_error(on_error)
@@ -975,7 +944,7 @@ base_delay = "100ms"
         assert_eq!(config.admin.as_ref().unwrap().listen.port(), 9090);
         let store = config.rate_limit_store.as_ref().unwrap();
         assert_eq!(store.timeout, Duration::from_millis(50));
-        assert_eq!(store.on_error, OnError::Allow);
+        assert_eq!(store.on_error, OnStoreError::Allow);
         let route = &config.routes[0];
         assert_eq!(route.timeout, Duration::from_secs(5));
         assert_eq!(route.anonymous, ["/health"]);
@@ -1074,7 +1043,7 @@ base_delay = "100ms"
             .unwrap();
         assert_eq!(
             (store.timeout, store.on_error),
-            (Duration::from_millis(50), OnError::Allow)
+            (Duration::from_millis(50), OnStoreError::Allow)
         );
     }
 

@@ -268,7 +268,7 @@ fn layer_for(setup: Setup) -> CircuitBreakerLayer {
                 NonZeroU32::new(min_calls).unwrap(),
             )
             .unwrap();
-            CircuitBreakerLayer::failure_rate(rate, cooldown)
+            CircuitBreakerLayer::new(rate, cooldown)
         }
     };
     layer.probes(NonZeroU32::new(setup.probes).unwrap())

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::extensions::Identity;
-use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
+use tower_gateway::rate_limit::OnStoreError;
+use tower_gateway::rate_limit::redis::RedisBackend;
 use tower_gateway::rate_limit::{Check, ClientId, Decision, Quota, RateLimitStore};
 
 use common::gauge::{self, Answer, HttpClient, client, fetch, serve_gateway};

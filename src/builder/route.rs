@@ -1,7 +1,7 @@
 //! [`Route`]: one route's upstreams and settings, as the builder takes them.
 
 use std::fmt;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 use super::{BoxRoute, GatewayResponse};
-use crate::circuit_breaker::FailureRate;
+use crate::circuit_breaker::Trip;
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::rate_limit::Quota;
 use std::convert::Infallible;
@@ -51,13 +51,6 @@ pub(super) struct Retries {
 pub(super) struct Breaker {
     pub(super) trip: Trip,
     pub(super) cooldown: Duration,
-}
-
-/// What opens a route's circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Trip {
-    Consecutive(NonZeroU32),
-    Rate(FailureRate),
 }
 
 impl<B> fmt::Debug for Route<B> {
@@ -108,24 +101,14 @@ impl<B> Route<B> {
         self
     }
 
-    /// Opens this route's circuit after `failure_threshold` consecutive upstream failures
-    /// (5xx, timeouts, unreachable upstreams; never 4xx): `503` without contacting the
-    /// upstream for `cooldown`, then one probe decides (see
+    /// Opens this route's circuit when `trip` says: after a `NonZeroU32` of consecutive
+    /// upstream failures (5xx, timeouts, unreachable upstreams; never 4xx), or at a
+    /// [`FailureRate`](crate::circuit_breaker::FailureRate) over a sliding window. Then
+    /// `503` without contacting the upstream for `cooldown`, and one probe decides (see
     /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)).
-    pub fn circuit_breaker(mut self, failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
+    pub fn circuit_breaker(mut self, trip: impl Into<Trip>, cooldown: Duration) -> Self {
         self.circuit_breaker = Some(Breaker {
-            trip: Trip::Consecutive(failure_threshold),
-            cooldown,
-        });
-        self
-    }
-
-    /// Opens this route's circuit when the share of failed requests over a sliding window
-    /// reaches `policy`'s rate (with at least its minimum of calls), instead of after
-    /// consecutive failures; then as [`circuit_breaker`](Self::circuit_breaker).
-    pub fn circuit_breaker_failure_rate(mut self, policy: FailureRate, cooldown: Duration) -> Self {
-        self.circuit_breaker = Some(Breaker {
-            trip: Trip::Rate(policy),
+            trip: trip.into(),
             cooldown,
         });
         self

@@ -12,7 +12,7 @@ use tower::util::Either;
 
 use super::carry::Carried;
 use super::observe::Observer;
-use super::route::{Breaker, Retries, Route, Trip};
+use super::route::{Breaker, Retries, Route};
 use super::{BuildError, ForwardedBody, GatewayClient, RouteLimit};
 use crate::api_key::{ApiKeyAuthLayer, KeySet};
 use crate::bulkhead::BulkheadLayer;
@@ -118,10 +118,7 @@ pub(super) fn circuit_breaker<B>(
 ) -> Option<CircuitBreakerLayer<SharedClassifier>> {
     let settings = route.circuit_breaker?;
     let Breaker { trip, cooldown } = settings;
-    let breaker = match trip {
-        Trip::Consecutive(threshold) => CircuitBreakerLayer::new(threshold, cooldown),
-        Trip::Rate(policy) => CircuitBreakerLayer::failure_rate(policy, cooldown),
-    };
+    let breaker = CircuitBreakerLayer::new(trip, cooldown);
     let kept = old
         .breaker
         .as_ref()

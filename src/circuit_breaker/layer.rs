@@ -10,13 +10,12 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::future::{Recorder, ResponseFuture};
-use super::state::{Admission, Breaker, BreakerState, Hook, Policy, Transition};
-use super::window::FailureRate;
+use super::state::{Admission, Breaker, BreakerState, Hook, Transition, Trip};
 use crate::classify::{FailureClassifier, ServerErrors};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 
 /// Opens after `failure_threshold` consecutive failures ([`new`](Self::new)) or at a
-/// failure rate over a sliding window ([`failure_rate`](Self::failure_rate)), refuses with
+/// failure rate over a sliding window (a [`Trip`]), refuses with
 /// `503` for `cooldown`, then lets probes through; see the [module docs](super).
 ///
 /// The breaker's state lives in the layer: every service it makes, and every clone of
@@ -30,23 +29,14 @@ pub struct CircuitBreakerLayer<C = ServerErrors, R = ProblemJson> {
 }
 
 impl CircuitBreakerLayer {
-    /// Opens after `failure_threshold` consecutive failures (5xx, timeouts, unreachable
-    /// upstreams) and stays open for `cooldown`; then one probe at a time goes through.
-    pub fn new(failure_threshold: NonZeroU32, cooldown: Duration) -> Self {
-        Self::from_policy(Policy::Consecutive(failure_threshold.get()), cooldown)
-    }
-
-    /// Opens when the failure rate over a sliding window reaches `policy`'s rate (once the
-    /// window holds its minimum of calls), and stays open for `cooldown`; then one probe at
-    /// a time goes through. See [`FailureRate`] and the
-    /// [module docs](super#which-policy) for when to pick it.
-    pub fn failure_rate(policy: FailureRate, cooldown: Duration) -> Self {
-        Self::from_policy(Policy::Rate(policy), cooldown)
-    }
-
-    fn from_policy(policy: Policy, cooldown: Duration) -> Self {
+    /// Opens when `trip` says (5xx, timeouts and unreachable upstreams are failures) and
+    /// stays open for `cooldown`; then one probe at a time goes through. `trip` is a
+    /// [`Trip`], or what converts into one: a `NonZeroU32` of consecutive failures, or a
+    /// [`FailureRate`](super::FailureRate) over a sliding window (see the
+    /// [module docs](super#which-policy) for when to pick which).
+    pub fn new(trip: impl Into<Trip>, cooldown: Duration) -> Self {
         Self {
-            breaker: Arc::new(Breaker::new(policy, cooldown, 1, None)),
+            breaker: Arc::new(Breaker::new(trip.into(), cooldown, 1, None)),
             classifier: Arc::new(ServerErrors),
             render: ProblemJson,
         }

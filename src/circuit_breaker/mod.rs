@@ -26,13 +26,13 @@
 //! a breaker that has closed since. Each time the breaker closes, it counts afresh.
 //!
 //! # Which policy
-//! - **Consecutive failures**, [`CircuitBreakerLayer::new`] (the default): opens after
+//! - **Consecutive failures**, [`Trip::Consecutive`] (the default; [`CircuitBreakerLayer::new`] takes a `NonZeroU32` for it): opens after
 //!   `failure_threshold` failures in a row; any success starts the count again. It costs an
 //!   atomic counter per answer and reacts within a few requests to an upstream that is
 //!   down outright. Pick it for a route with little traffic, or one whose upstream fails
 //!   all at once (crashed, unreachable). An upstream failing one request in three, the
 //!   failures spread among successes, seldom opens it.
-//! - **Failure rate**, [`CircuitBreakerLayer::failure_rate`] with a [`FailureRate`]: opens
+//! - **Failure rate**, [`Trip::FailureRate`] (give [`CircuitBreakerLayer::new`] a [`FailureRate`]): opens
 //!   when at least `rate` of the calls answered in the last `window` failed, once that
 //!   window holds at least `min_calls` calls (Resilience4j's time-based sliding window).
 //!   Every answer is a call, a 4xx a successful one. Pick it for a busy route whose
@@ -88,7 +88,7 @@ mod window;
 
 pub use future::ResponseFuture;
 pub use layer::{CircuitBreaker, CircuitBreakerLayer};
-pub use state::{BreakerState, Transition};
+pub use state::{BreakerState, Transition, Trip};
 pub use window::{FailureRate, FailureRateError};
 
 #[cfg(test)]
@@ -514,7 +514,7 @@ mod tests {
             NonZeroU32::new(min_calls).unwrap(),
         )
         .unwrap();
-        CircuitBreakerLayer::failure_rate(policy, Duration::from_secs(5))
+        CircuitBreakerLayer::new(policy, Duration::from_secs(5))
     }
 
     /// Answers each status in turn, checking the breaker's state after each.

@@ -1,6 +1,7 @@
 //! The breaker's shared state: closed, open or half-open, in atomics.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,13 +53,28 @@ pub struct Transition {
 
 pub(super) type Hook = Arc<dyn Fn(Transition) + Send + Sync>;
 
-/// When a closed breaker opens: the configuration.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Policy {
+/// What opens a closed breaker: a number of consecutive failures (the default policy), or a
+/// failure rate over a sliding window. Both convert into it, so
+/// [`CircuitBreakerLayer::new`](super::CircuitBreakerLayer::new) takes either.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Trip {
     /// After this many consecutive failures.
-    Consecutive(u32),
-    /// At a failure rate over a sliding window.
-    Rate(FailureRate),
+    Consecutive(NonZeroU32),
+    /// At a failure rate over a sliding window; see [`FailureRate`].
+    FailureRate(FailureRate),
+}
+
+impl From<NonZeroU32> for Trip {
+    fn from(threshold: NonZeroU32) -> Self {
+        Self::Consecutive(threshold)
+    }
+}
+
+impl From<FailureRate> for Trip {
+    fn from(policy: FailureRate) -> Self {
+        Self::FailureRate(policy)
+    }
 }
 
 /// The failures a closed breaker has counted, as its policy counts them.
@@ -70,13 +86,13 @@ enum Count {
 }
 
 impl Count {
-    fn new(policy: Policy) -> Self {
+    fn new(policy: Trip) -> Self {
         match policy {
-            Policy::Consecutive(threshold) => Self::Consecutive {
-                threshold,
+            Trip::Consecutive(threshold) => Self::Consecutive {
+                threshold: threshold.get(),
                 failures: AtomicU32::new(0),
             },
-            Policy::Rate(rate) => Self::Rate(Window::new(&rate)),
+            Trip::FailureRate(rate) => Self::Rate(Window::new(&rate)),
         }
     }
 
@@ -109,7 +125,7 @@ pub(super) struct Breaker {
     /// Probes out while half-open.
     probes: AtomicU32,
     epoch: Instant,
-    policy: Policy,
+    policy: Trip,
     cooldown: Duration,
     pub(super) max_probes: u32,
     pub(super) hook: Option<Hook>,
@@ -117,7 +133,7 @@ pub(super) struct Breaker {
 
 impl Breaker {
     pub(super) fn new(
-        policy: Policy,
+        policy: Trip,
         cooldown: Duration,
         max_probes: u32,
         hook: Option<Hook>,

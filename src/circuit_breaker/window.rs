@@ -24,7 +24,7 @@ use std::time::Duration;
 ///
 /// // Half the calls of the last 10 seconds failed, out of at least 20.
 /// let policy = FailureRate::new(0.5, Duration::from_secs(10), NonZeroU32::new(20).unwrap())?;
-/// let layer = CircuitBreakerLayer::failure_rate(policy, Duration::from_secs(30));
+/// let layer = CircuitBreakerLayer::new(policy, Duration::from_secs(30));
 ///
 /// let zero = FailureRate::new(0.0, Duration::from_secs(10), NonZeroU32::MIN);
 /// assert_eq!(zero, Err(FailureRateError::RateOutOfRange(0.0)));

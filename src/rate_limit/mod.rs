@@ -111,7 +111,8 @@ pub use key::{
 };
 pub use layer::{RateLimit, RateLimitLayer};
 pub use store::{
-    BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, RateLimitStore, RouteStore,
+    BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, OnStoreError, RateLimitStore,
+    RouteStore,
 };
 #[cfg(any(feature = "redis", feature = "config"))]
 pub(crate) use store::{SHARED_KEY_PREFIX, SHARED_TIMEOUT};

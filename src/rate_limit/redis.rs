@@ -35,8 +35,8 @@
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use tower_gateway::rate_limit::redis::{OnStoreError, RedisBackend};
-//! use tower_gateway::rate_limit::{ClientId, ClientKey, Quota, RateLimitLayer};
+//! use tower_gateway::rate_limit::redis::RedisBackend;
+//! use tower_gateway::rate_limit::{ClientId, ClientKey, OnStoreError, Quota, RateLimitLayer};
 //!
 //! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
 //!     .timeout(Duration::from_millis(50))
@@ -100,20 +100,7 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// The default key prefix: `tower-gateway`.
 pub const DEFAULT_KEY_PREFIX: &str = super::SHARED_KEY_PREFIX;
 
-/// What a [`RedisStore`] decides when Redis fails or does not answer in time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnStoreError {
-    /// Fail open: admit the request (logged and counted in [`StoreStats::fallbacks`]).
-    #[default]
-    Allow,
-    /// Fail closed: refuse it with `503`
-    /// ([`Decision::Unavailable`]).
-    Deny,
-    /// Decide in-process: each instance enforces the whole quota on its own until Redis is
-    /// back.
-    Local,
-}
+use super::OnStoreError;
 
 /// Why a [`RedisBackend`] cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -93,6 +93,24 @@ pub(crate) const SHARED_TIMEOUT: Duration = Duration::from_millis(50);
 #[cfg(any(feature = "redis", feature = "config"))]
 pub(crate) const SHARED_KEY_PREFIX: &str = "tower-gateway";
 
+/// What a store shared across the network (the [`RedisStore`](super::redis::RedisStore))
+/// decides when it fails or does not answer in time. In the example gateway's config it is
+/// `rate_limit_store.on_error`: `"allow"`, `"deny"` or `"local"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "lowercase"))]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Fail open: admit the request (logged, and counted in the store's fallbacks).
+    #[default]
+    Allow,
+    /// Fail closed: refuse it with `503` ([`Decision::Unavailable`]).
+    Deny,
+    /// Decide in-process: each instance enforces the whole quota on its own until the store
+    /// is back.
+    Local,
+}
+
 /// The boxed decision of a store across the network.
 pub type BoxDecision = std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>;
 
