@@ -62,9 +62,10 @@
 //!
 //! # Features
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
-//! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`, `proxy` for the
-//! proxy, router, builder and server, `config`, `redis` for shared rate limits, `metrics`),
-//! all on by default through `full`. The
+//! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`), one per piece around them
+//! (`proxy`, `router`, `server`, `trace`, `reload`, `metrics`, `redis`), `gateway` for the
+//! [`builder`] (it pulls in every concern and piece but `metrics` and `redis`), `config` for
+//! the TOML format, and `full` (the default) for everything. Each builds alone. The
 //! [`rejection`], [`body`], [`classify`] and [`extensions`] modules are always present.
 //!
 //! [tower]: https://docs.rs/tower
@@ -97,24 +98,24 @@ pub mod timeout;
 #[cfg_attr(docsrs, doc(cfg(feature = "api-key")))]
 pub mod api_key;
 
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod builder;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+#[cfg(feature = "router")]
+#[cfg_attr(docsrs, doc(cfg(feature = "router")))]
 pub mod route;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
 
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+#[cfg(feature = "reload")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reload")))]
 pub mod reload;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+#[cfg(feature = "trace")]
+#[cfg_attr(docsrs, doc(cfg(feature = "trace")))]
 pub mod trace;
 
 #[cfg(feature = "config")]
