@@ -42,7 +42,8 @@
 //! instance on the same Redis and `key_prefix` (it needs the `redis` feature, on by
 //! default). `[admin]` is the example gateway's metrics and health listener (it needs the
 //! `metrics` feature, on by default; the library only parses it). A section whose feature is
-//! off is parsed and checked, then refused with [`ConfigError::Unsupported`], so that a
+//! off is parsed and checked, then refused with [`ConfigError::MissingFeature`], which names
+//! the feature to turn on, so that a
 //! config never silently runs without something it asks for.
 
 use std::collections::HashSet;
@@ -61,12 +62,12 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Error as _};
 
 use crate::api_key::KeySet;
-use crate::builder::{DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
+use crate::builder::{BuildError, DEFAULT_TIMEOUT, Gateway, GatewayBuilder, Route};
 use crate::circuit_breaker::{FailureRate, FailureRateError, Trip};
 use crate::forwarded::TrustedProxies;
-use crate::proxy::{Upstream, UpstreamError};
+use crate::proxy::UpstreamError;
 use crate::rate_limit::{OnStoreError, Quota, QuotaError};
-use crate::route::{RouteError, validate_prefix};
+use crate::route::RouteError;
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +129,13 @@ pub enum ConfigError {
         /// The variable.
         var: String,
     },
-    /// The section or key is valid, but its policy is not in this release yet.
-    #[error("{key}: not supported yet")]
-    Unsupported {
-        /// The key path, like `routes[0].rate_limit`.
+    /// The section is valid, but this build of the crate lacks the cargo feature it needs.
+    #[error("{key}: needs tower-gateway's `{feature}` feature, which this build lacks")]
+    MissingFeature {
+        /// The key path, like `rate_limit_store`.
         key: String,
+        /// The cargo feature to turn on, like `redis`.
+        feature: &'static str,
     },
 }
 
@@ -146,10 +149,6 @@ impl ConfigError {
 
     fn zero(key: impl Into<String>) -> Self {
         Self::Zero { key: key.into() }
-    }
-
-    fn unsupported(key: impl Into<String>) -> Self {
-        Self::Unsupported { key: key.into() }
     }
 
     /// A parse error of `toml`, located in `text`.
@@ -441,18 +440,6 @@ impl RetryConfig {
                 format_args!("{} is more than {MAX_RETRIES}", self.max_retries),
             ));
         }
-        if let Some(max) = self.max_delay {
-            if max < self.base_delay {
-                return Err(ConfigError::invalid(
-                    format!("{key}.retry.max_delay"),
-                    format_args!(
-                        "{} is less than base_delay ({})",
-                        humantime::format_duration(max),
-                        humantime::format_duration(self.base_delay)
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -487,7 +474,9 @@ impl Config {
     }
 
     /// Checks every value (limits, URLs, prefixes, keys and the variables they name), then
-    /// refuses the sections whose policies are not in this release yet.
+    /// refuses the sections that need a feature this build lacks. The routes are checked by
+    /// the gateway builder itself ([`GatewayBuilder::check`]), whose error this maps to the
+    /// key path; only what the builder cannot know (the file's own rules) is checked here.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(auth) = &self.auth {
             auth.validate()?;
@@ -495,41 +484,47 @@ impl Config {
         if let Some(store) = &self.rate_limit_store {
             store.validate()?;
         }
-        let mut prefixes = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             route.validate(&format!("routes[{i}]"))?;
-            if !prefixes.insert(route.prefix.as_str()) {
-                return Err(ConfigError::Route {
-                    key: format!("routes[{i}].prefix"),
-                    source: RouteError::DuplicatePrefix(route.prefix.clone()),
-                });
-            }
         }
+        self.with_routes(Gateway::<hyper::body::Incoming>::builder())?
+            .check()
+            .map_err(|error| self.locate(error))?;
         self.check_supported()
     }
 
     fn check_supported(&self) -> Result<(), ConfigError> {
         let sections = [
-            ("admin", self.admin.is_some() && !cfg!(feature = "metrics")),
+            (
+                "admin",
+                "metrics",
+                self.admin.is_some() && !cfg!(feature = "metrics"),
+            ),
             (
                 "rate_limit_store",
+                "redis",
                 self.rate_limit_store.is_some() && !cfg!(feature = "redis"),
             ),
         ];
-        if let Some(key) = first_set(&sections) {
-            return Err(ConfigError::unsupported(key));
+        match sections.iter().find(|(_, _, missing)| *missing) {
+            Some(&(key, feature, _)) => Err(ConfigError::MissingFeature {
+                key: key.to_owned(),
+                feature,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// A [`GatewayBuilder`] with this config's routes and trusted proxies, after
-    /// [validating](Config::validate) it. Add a client or layers, then `build()`.
+    /// A [`GatewayBuilder`] with this config's routes, trusted proxies, auth and shared
+    /// store. Add layers, then `build()`. It expects a config that
+    /// [`validate`](Config::validate) accepted, as [`from_toml_str`](Config::from_toml_str)
+    /// and [`load`](Config::load) return it: the builder still checks the routes when it
+    /// builds, but its error names the route, not the key path.
     pub fn gateway_builder<B>(&self) -> Result<GatewayBuilder<B>, ConfigError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        self.validate()?;
         let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
         let mut builder = Gateway::builder().trusted_proxies(trusted);
         if let Some(auth) = &self.auth {
@@ -541,6 +536,18 @@ impl Config {
         if let Some(store) = &self.rate_limit_store {
             builder = builder.rate_limit_store(store.backend()?);
         }
+        self.with_routes(builder)
+    }
+
+    /// `builder` with this config's routes.
+    fn with_routes<B>(
+        &self,
+        mut builder: GatewayBuilder<B>,
+    ) -> Result<GatewayBuilder<B>, ConfigError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
         for (i, route) in self.routes.iter().enumerate() {
             let mut target = route.anonymous.iter().fold(
                 Route::to(route.upstreams.iter().cloned())
@@ -569,6 +576,76 @@ impl Config {
             builder = builder.route(route.prefix.clone(), target);
         }
         Ok(builder)
+    }
+
+    /// The builder's `error`, at the key path of the route it is about.
+    fn locate(&self, error: BuildError) -> ConfigError {
+        // The first route with the prefix, or with `DuplicatePrefix` the second.
+        let route_at = |prefix: &str, nth: usize| {
+            let i = self
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, route)| route.prefix == prefix)
+                .nth(nth)
+                .map_or(0, |(i, _)| i);
+            format!("routes[{i}]")
+        };
+        match error {
+            BuildError::Route(source) => {
+                let (prefix, nth) = match &source {
+                    RouteError::InvalidPrefix(prefix) => (prefix.clone(), 0),
+                    RouteError::DuplicatePrefix(prefix) => (prefix.clone(), 1),
+                };
+                ConfigError::Route {
+                    key: format!("{}.prefix", route_at(&prefix, nth)),
+                    source,
+                }
+            }
+            BuildError::Upstream {
+                prefix,
+                index,
+                source,
+            } => ConfigError::Upstream {
+                key: format!("{}.upstreams[{index}]", route_at(&prefix, 0)),
+                source,
+            },
+            BuildError::NoUpstreams(prefix) => ConfigError::invalid(
+                format!("{}.upstreams", route_at(&prefix, 0)),
+                "a route needs at least one upstream",
+            ),
+            BuildError::ZeroTimeout(prefix) => {
+                ConfigError::zero(format!("{}.timeout", route_at(&prefix, 0)))
+            }
+            BuildError::ZeroCooldown(prefix) => {
+                ConfigError::zero(format!("{}.circuit_breaker.cooldown", route_at(&prefix, 0)))
+            }
+            BuildError::Anonymous {
+                prefix,
+                index,
+                path,
+            } => {
+                let key = format!("{}.anonymous[{index}]", route_at(&prefix, 0));
+                if path.starts_with('/') {
+                    ConfigError::invalid(
+                        key,
+                        format_args!(
+                            "{path:?} must not end with '/' (it matches on segment boundaries)"
+                        ),
+                    )
+                } else {
+                    ConfigError::invalid(key, format_args!("{path:?} must start with '/'"))
+                }
+            }
+            BuildError::RetryBackoff { prefix, base, max } => ConfigError::invalid(
+                format!("{}.retry.max_delay", route_at(&prefix, 0)),
+                format_args!(
+                    "{} is less than base_delay ({})",
+                    humantime::format_duration(max),
+                    humantime::format_duration(base)
+                ),
+            ),
+        }
     }
 }
 
@@ -709,62 +786,13 @@ impl RateLimitConfig {
 }
 
 impl RouteConfig {
+    /// The file's own rules for a route; the gateway builder checks the rest
+    /// ([`Config::validate`]).
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        validate_prefix(&self.prefix).map_err(|source| ConfigError::Route {
-            key: format!("{key}.prefix"),
-            source,
-        })?;
-        if self.upstreams.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{key}.upstreams"),
-                "a route needs at least one upstream",
-            ));
-        }
-        for (i, url) in self.upstreams.iter().enumerate() {
-            Upstream::parse(url).map_err(|source| ConfigError::Upstream {
-                key: format!("{key}.upstreams[{i}]"),
-                source,
-            })?;
-        }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::zero(format!("{key}.timeout")));
-        }
-        for (i, path) in self.anonymous.iter().enumerate() {
-            if !path.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    format!("{key}.anonymous[{i}]"),
-                    format_args!("{path:?} must start with '/'"),
-                ));
-            }
-            if path.len() > 1 && path.ends_with('/') {
-                return Err(ConfigError::invalid(
-                    format!("{key}.anonymous[{i}]"),
-                    format_args!(
-                        "{path:?} must not end with '/' (it matches on segment boundaries)"
-                    ),
-                ));
-            }
-        }
         let zero = [
-            (
-                "rate_limit.requests",
-                self.rate_limit.as_ref().is_some_and(|r| r.requests == 0),
-            ),
             (
                 "rate_limit.window",
                 self.rate_limit.as_ref().is_some_and(|r| r.window.is_zero()),
-            ),
-            (
-                "bulkhead.max_concurrent",
-                self.bulkhead
-                    .as_ref()
-                    .is_some_and(|b| b.max_concurrent == 0),
-            ),
-            (
-                "circuit_breaker.cooldown",
-                self.circuit_breaker
-                    .as_ref()
-                    .is_some_and(|c| c.cooldown.is_zero()),
             ),
             (
                 "retry.max_retries",
@@ -774,14 +802,8 @@ impl RouteConfig {
         if let Some(field) = first_set(&zero) {
             return Err(ConfigError::zero(format!("{key}.{field}")));
         }
-        if let Some(limit) = &self.rate_limit {
-            limit.quota(key)?;
-        }
         if let Some(retry) = &self.retry {
             retry.validate(key)?;
-        }
-        if let Some(breaker) = &self.circuit_breaker {
-            breaker.trip(key)?;
         }
         Ok(())
     }
@@ -969,7 +991,7 @@ base_delay = "100ms"
         let mut config = config;
         let mut refused = Vec::new();
         while let Err(error) = config.validate() {
-            let ConfigError::Unsupported { key } = error else {
+            let ConfigError::MissingFeature { key, .. } = error else {
                 panic!("{error}");
             };
             match key.as_str() {
@@ -997,7 +1019,7 @@ base_delay = "100ms"
         if !cfg!(feature = "metrics") {
             assert_eq!(
                 Config::from_toml_str(FULL).unwrap_err().to_string(),
-                "admin: not supported yet"
+                "admin: needs tower-gateway's `metrics` feature, which this build lacks"
             );
         }
     }

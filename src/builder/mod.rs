@@ -56,6 +56,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -81,7 +82,7 @@ use crate::rate_limit::{
     ClientId, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
 };
 use crate::retry::{Retry, RetryBody};
-use crate::route::{RouteError, Router};
+use crate::route::{RouteError, Router, validate_prefix};
 use crate::timeout::{RequestBody, Timeout};
 use crate::trace::{RequestSpan, RequestSpanLayer};
 
@@ -128,6 +129,8 @@ pub enum BuildError {
     Upstream {
         /// The route.
         prefix: String,
+        /// Which of the route's upstreams, from 0.
+        index: usize,
         /// What is wrong with the URL.
         source: UpstreamError,
     },
@@ -147,8 +150,20 @@ pub enum BuildError {
     Anonymous {
         /// The route.
         prefix: String,
+        /// Which of the route's anonymous sub-paths, from 0.
+        index: usize,
         /// The sub-path.
         path: String,
+    },
+    /// A route's retry backoff caps its waits below the first one's ceiling.
+    #[error("route {prefix:?}: the retry's max delay {max:?} is less than its base delay {base:?}")]
+    RetryBackoff {
+        /// The route.
+        prefix: String,
+        /// The first wait's ceiling.
+        base: Duration,
+        /// The cap on any wait.
+        max: Duration,
     },
 }
 
@@ -250,6 +265,21 @@ where
     pub fn keep_state_of(mut self, previous: &Gateway<B>) -> Self {
         self.previous = Some(Arc::clone(&previous.states));
         self
+    }
+
+    /// Checks every route as [`build`](Self::build) does, without building anything: the
+    /// first error in route order (a bad or repeated prefix, then the route's own settings).
+    /// The config module maps it to the key path of the TOML file.
+    pub fn check(&self) -> Result<(), BuildError> {
+        let mut prefixes = std::collections::HashSet::new();
+        for (prefix, route) in &self.routes {
+            validate_prefix(prefix)?;
+            if !prefixes.insert(prefix.as_str()) {
+                return Err(RouteError::DuplicatePrefix(prefix.clone()).into());
+            }
+            stages::check(prefix, route)?;
+        }
+        Ok(())
     }
 
     /// Checks every route and builds the gateway.

@@ -38,25 +38,37 @@ pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<Vec<Upstream>, 
     {
         return Err(BuildError::ZeroCooldown(prefix.to_owned()));
     }
-    if let Some(path) = route
+    if let Some((index, path)) = route
         .anonymous
         .iter()
-        .find(|path| !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')))
+        .enumerate()
+        .find(|(_, path)| !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')))
     {
         return Err(BuildError::Anonymous {
             prefix: prefix.to_owned(),
+            index,
             path: path.clone(),
+        });
+    }
+    if let Some((base, max)) = route.retry.backoff.filter(|(base, max)| max < base) {
+        return Err(BuildError::RetryBackoff {
+            prefix: prefix.to_owned(),
+            base,
+            max,
         });
     }
     route
         .upstreams
         .iter()
-        .map(|url| Upstream::parse(url))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| BuildError::Upstream {
-            prefix: prefix.to_owned(),
-            source,
+        .enumerate()
+        .map(|(index, url)| {
+            Upstream::parse(url).map_err(|source| BuildError::Upstream {
+                prefix: prefix.to_owned(),
+                index,
+                source,
+            })
         })
+        .collect()
 }
 
 /// The proxy at the bottom: forwards to the route's upstreams.
