@@ -20,14 +20,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::{Router, extract::Request, routing::get};
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::bulkhead::BulkheadLayer;
 use tower_gateway::correlation_id::CorrelationIdLayer;
 use tower_gateway::extensions::CorrelationId;
 use tower_gateway::hop_by_hop::HopByHopLayer;
-use tower_gateway::rate_limit::{Quota, RateLimitLayer, RequestHead};
+use tower_gateway::rate_limit::{Quota, RateLimitLayer};
 use tower_gateway::rejection::{Rejection, RejectionKind};
 
 /// A demo upstream on a free port, for the gateway to forward to.
@@ -55,8 +54,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .build()?;
 
-    // Admission control on one route: per client address (axum's `ConnectInfo`, read by a
-    // closure key), and a cap on reports in flight for everyone together.
+    // Admission control on one route: per client address (axum's `ConnectInfo`, which the
+    // crate's `axum` feature reads), and a cap on reports in flight for everyone together.
     let quota = Quota::new(5, Duration::from_secs(10))?;
     let reports = Router::new()
         .route(
@@ -69,12 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(BulkheadLayer::new(
             NonZeroUsize::new(2).expect("2 is not 0"),
         ))
-        .layer(
-            RateLimitLayer::new(quota).with_key(|req: &RequestHead<'_>| {
-                let ConnectInfo(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
-                Some(peer.ip())
-            }),
-        );
+        .layer(RateLimitLayer::new(quota));
 
     let app = Router::new()
         .route(

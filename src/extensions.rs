@@ -88,9 +88,11 @@ impl fmt::Display for CorrelationId {
 /// extensions (the way axum's `ConnectInfo` does).
 ///
 /// [`Server`](crate::server::Server) sets it on every request. The proxy appends its IP to
-/// `X-Forwarded-For` (and leaves the header as it is when there is no `PeerAddr`); an
-/// embedder who serves the gateway some other way inserts it themselves, in axum for
-/// instance from `ConnectInfo<SocketAddr>` with a `map_request` layer:
+/// `X-Forwarded-For` and the rate limiter keys anonymous clients by it (both read it with
+/// [`PeerAddr::from_extensions`]). In axum, serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()` and turn on the `axum` feature (in
+/// `full`): axum's `ConnectInfo<SocketAddr>` then stands in for it. An embedder who serves
+/// the gateway some other way (a hyper accept loop of their own) inserts it themselves:
 ///
 /// ```
 /// use tower_gateway::extensions::PeerAddr;
@@ -100,6 +102,28 @@ impl fmt::Display for CorrelationId {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
+
+impl PeerAddr {
+    /// The peer address a request came from, as the layers read it: the `PeerAddr` in
+    /// `extensions` (what [`Server`](crate::server::Server) or your own accept loop puts
+    /// there), else, with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (what
+    /// `Router::into_make_service_with_connect_info::<SocketAddr>()` puts there). `None` when
+    /// neither is there: then the rate limiter cannot tell clients apart by address and the
+    /// proxy sends no `X-Forwarded-For`.
+    #[inline]
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<Self> {
+        if let Some(peer) = extensions.get::<Self>() {
+            return Some(*peer);
+        }
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(peer)) =
+            extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Some(Self(*peer));
+        }
+        None
+    }
+}
 
 /// Who made the request, as an authentication layer established it: an id (never the
 /// credential) and the scopes it grants.

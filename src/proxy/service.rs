@@ -438,7 +438,7 @@ where
                 .for_request(&req);
             return ResponseFuture::answer(rejection.into_response());
         };
-        let peer = req.extensions().get::<PeerAddr>().copied();
+        let peer = PeerAddr::from_extensions(req.extensions());
         let hand_back = req.extensions_mut().remove::<HandBack>();
         let client_upgrade = upgrade::wants_upgrade(req.headers()).then(|| {
             let guards = req.extensions_mut().remove::<UpgradeGuards>();

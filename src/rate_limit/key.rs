@@ -141,10 +141,12 @@ impl KeyExtractor for IdentityKey {
     }
 }
 
-/// The client's IP address: the [`PeerAddr`] in the request extensions (which
-/// [`Server`](crate::server::Server) sets; in axum, set it from `ConnectInfo`), or, when the
-/// peer is a trusted proxy, the right-most untrusted `X-Forwarded-For` entry
-/// ([`client_ip`]). `None` without a `PeerAddr`.
+/// The client's IP address: the peer address of the request (the [`PeerAddr`] that
+/// [`Server`](crate::server::Server) sets, or in axum with the `axum` feature its
+/// `ConnectInfo<SocketAddr>`; see [`PeerAddr::from_extensions`]), or, when the peer is a
+/// trusted proxy, the right-most untrusted `X-Forwarded-For` entry ([`client_ip`]). `None`
+/// without a peer address: the rate limiter then warns once and counts such requests in
+/// one shared budget.
 ///
 /// IPv6 addresses count one by one by default. A single host often holds a whole /64,
 /// though, and could spread its requests over as many keys as it likes:
@@ -190,7 +192,7 @@ impl KeyExtractor for PeerIp {
 
     #[inline]
     fn extract(&self, req: &RequestHead<'_>) -> Option<IpAddr> {
-        let PeerAddr(peer) = req.extensions().get::<PeerAddr>()?;
+        let PeerAddr(peer) = PeerAddr::from_extensions(req.extensions())?;
         match client_ip(req.headers(), peer.ip(), &self.trusted) {
             IpAddr::V6(ip) if self.v6_mask != u128::MAX => {
                 Some(IpAddr::V6(Ipv6Addr::from(u128::from(ip) & self.v6_mask)))

@@ -1,0 +1,100 @@
+//! The crate inside a plain axum app, served the documented way
+//! (`into_make_service_with_connect_info::<SocketAddr>()`, feature `axum`): clients on four
+//! loopback addresses get four rate-limit budgets, the proxy names each in
+//! `X-Forwarded-For`.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+use tower_gateway::builder::{Gateway, Route};
+use tower_gateway::rate_limit::{Quota, RateLimitLayer};
+
+/// Serves `app` the way the README shows: with the client's address as `ConnectInfo`.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// `GET path` from a socket bound to `from`, on a connection of its own; the status and the
+/// body.
+async fn get_from(from: IpAddr, addr: SocketAddr, path: &str) -> (u16, String) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+fn clients() -> Vec<IpAddr> {
+    (2..=5).map(|n| IpAddr::from([127, 0, 0, n])).collect()
+}
+
+#[tokio::test]
+async fn four_client_addresses_get_four_budgets() {
+    // The README's snippet: one request a minute per client.
+    let per_client = RateLimitLayer::new(Quota::new(1, Duration::from_secs(60)).unwrap());
+    let app = axum::Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(per_client);
+    let addr = serve(app).await;
+
+    let mut first = Vec::new();
+    for client in clients() {
+        first.push(get_from(client, addr, "/hello").await.0);
+    }
+    assert_eq!(
+        first,
+        [200, 200, 200, 200],
+        "each address has a budget of its own"
+    );
+    let mut second = Vec::new();
+    for client in clients() {
+        second.push(get_from(client, addr, "/hello").await.0);
+    }
+    assert_eq!(second, [429, 429, 429, 429], "and each spent it");
+}
+
+#[tokio::test]
+async fn the_gateway_under_nest_service_forwards_the_client() {
+    let (up, record) = common::upstream::start(false).await;
+    let gateway = Gateway::<axum::body::Body>::builder()
+        .route("/a", Route::to([format!("http://{up}")]))
+        .build()
+        .unwrap();
+    let app = axum::Router::new().nest_service("/api", gateway);
+    let addr = serve(app).await;
+
+    for client in clients() {
+        let (status, body) = get_from(client, addr, "/api/a/ping").await;
+        assert_eq!((status, body.as_str()), (200, "pong /ping"));
+        let seen = record.last();
+        assert_eq!(
+            seen.headers["x-forwarded-for"],
+            client.to_string(),
+            "the upstream sees the client that axum accepted"
+        );
+    }
+}
