@@ -108,9 +108,13 @@ impl Upstream {
 }
 
 /// Retries with almost no wait, so the tests run fast.
-/// The backoff of every retrying route here: short, so that tests run fast.
-const BASE: Duration = Duration::from_millis(2);
-const CAP: Duration = Duration::from_millis(20);
+/// A route to `upstream` that retries `max` times, after a short backoff so that tests run
+/// fast.
+fn retrying(upstream: String, max: u32) -> Route {
+    Route::to([upstream])
+        .retry(max)
+        .retry_backoff(Duration::from_millis(2), Duration::from_millis(20))
+}
 
 struct Answer {
     status: StatusCode,
@@ -142,11 +146,7 @@ async fn get(gw: SocketAddr, path: &str) -> Answer {
 #[tokio::test]
 async fn a_get_to_an_always_500_upstream_reaches_it_three_times_and_gets_the_500() {
     let up = Upstream::always(500).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-    ))
-    .await;
+    let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
 
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 500);
@@ -167,11 +167,7 @@ async fn every_attempt_sends_the_same_head() {
     // a copy: the head that comes back must be the client's, not the one the proxy sent
     // (whose X-Forwarded-For already had the peer appended and whose Host is the upstream's).
     let up = Upstream::always(503).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-    ))
-    .await;
+    let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = Request::get(format!("http://{gw}/api/items?page=2&sort=desc"))
         .header("x-correlation-id", "same-head")
@@ -213,11 +209,7 @@ async fn every_attempt_sends_the_same_head() {
 async fn post_patch_put_and_delete_reach_it_once() {
     for method in [Method::POST, Method::PATCH, Method::PUT, Method::DELETE] {
         let up = Upstream::always(500).await;
-        let gw = serve_gateway(Gateway::builder().route(
-            "/api",
-            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-        ))
-        .await;
+        let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
         let res = send(gw, method.clone(), "/api/orders", Bytes::from("order")).await;
         assert_eq!(res.status, 500, "{method}");
         assert_eq!(up.hits(), 1, "{method}");
@@ -229,11 +221,7 @@ async fn post_patch_put_and_delete_reach_it_once() {
 async fn head_and_options_are_retried() {
     for method in [Method::HEAD, Method::OPTIONS] {
         let up = Upstream::always(503).await;
-        let gw = serve_gateway(Gateway::builder().route(
-            "/api",
-            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-        ))
-        .await;
+        let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
         let res = send(gw, method.clone(), "/api/thing", Bytes::new()).await;
         assert_eq!(res.status, 503, "{method}");
         assert_eq!(up.hits(), 3, "{method}");
@@ -244,11 +232,7 @@ async fn head_and_options_are_retried() {
 async fn client_errors_reach_it_once() {
     for status in [400, 404, 429] {
         let up = Upstream::always(status).await;
-        let gw = serve_gateway(Gateway::builder().route(
-            "/api",
-            Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-        ))
-        .await;
+        let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
         let res = get(gw, "/api/thing").await;
         assert_eq!(res.status.as_u16(), status);
         assert_eq!(up.hits(), 1, "{status}");
@@ -258,11 +242,7 @@ async fn client_errors_reach_it_once() {
 #[tokio::test]
 async fn failing_twice_then_succeeding_answers_200() {
     let up = Upstream::start(|n| (if n < 2 { 500 } else { 200 }, Duration::ZERO)).await;
-    let gw = serve_gateway(Gateway::builder().route(
-        "/api",
-        Route::to([up.url()]).retry(2).retry_backoff(BASE, CAP),
-    ))
-    .await;
+    let gw = serve_gateway(Gateway::builder().route("/api", retrying(up.url(), 2))).await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 200);
     assert_eq!(res.body, "attempt 2");
@@ -281,15 +261,10 @@ async fn each_attempt_has_its_own_timeout() {
         (200, delay)
     })
     .await;
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .timeout(Duration::from_millis(200))
-                .retry(2)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        retrying(up.url(), 2).timeout(Duration::from_millis(200)),
+    ))
     .await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 200);
@@ -298,15 +273,10 @@ async fn each_attempt_has_its_own_timeout() {
 
     // Every attempt too slow: 504 after the retries.
     let slow = Upstream::start(|_| (200, Duration::from_secs(5))).await;
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([slow.url()])
-                .timeout(Duration::from_millis(200))
-                .retry(1)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        retrying(slow.url(), 1).timeout(Duration::from_millis(200)),
+    ))
     .await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 504);
@@ -327,15 +297,8 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
             drop(stream);
         }
     });
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([format!("http://{addr}")])
-                .retry(2)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
-    .await;
+    let gw = serve_gateway(Gateway::builder().route("/api", retrying(format!("http://{addr}"), 2)))
+        .await;
     let res = get(gw, "/api/thing").await;
     assert_eq!(res.status, 502);
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -344,15 +307,9 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nowhere = closed.local_addr().unwrap();
     drop(closed);
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([format!("http://{nowhere}")])
-                .retry(2)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
-    .await;
+    let gw =
+        serve_gateway(Gateway::builder().route("/api", retrying(format!("http://{nowhere}"), 2)))
+            .await;
     assert_eq!(get(gw, "/api/thing").await.status, 502);
 }
 
@@ -360,13 +317,7 @@ async fn an_upstream_that_drops_connections_is_retried_then_502() {
 async fn a_small_body_is_replayed_whole_and_a_large_one_is_sent_once() {
     let up = Upstream::always(503).await;
     let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .retry(2)
-                .retry_backoff(BASE, CAP)
-                .retry_idempotent_writes(true),
-        ),
+        Gateway::builder().route("/api", retrying(up.url(), 2).retry_idempotent_writes(true)),
     )
     .await;
     let res = send(gw, Method::PUT, "/api/doc", Bytes::from("the document")).await;
@@ -376,13 +327,7 @@ async fn a_small_body_is_replayed_whole_and_a_large_one_is_sent_once() {
 
     let up = Upstream::always(503).await;
     let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .retry(2)
-                .retry_backoff(BASE, CAP)
-                .retry_idempotent_writes(true),
-        ),
+        Gateway::builder().route("/api", retrying(up.url(), 2).retry_idempotent_writes(true)),
     )
     .await;
     let large: Bytes = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
@@ -396,15 +341,10 @@ async fn a_small_body_is_replayed_whole_and_a_large_one_is_sent_once() {
 #[tokio::test]
 async fn the_breaker_counts_one_failure_per_client_request() {
     let up = Upstream::always(500).await;
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .circuit_breaker(NonZeroU32::new(3).unwrap(), Duration::from_secs(60))
-                .retry(2)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        retrying(up.url(), 2).circuit_breaker(NonZeroU32::new(3).unwrap(), Duration::from_secs(60)),
+    ))
     .await;
     for _ in 0..3 {
         assert_eq!(get(gw, "/api/thing").await.status, 500);
@@ -474,15 +414,10 @@ async fn a_retried_request_holds_one_bulkhead_slot_through_its_wait() {
         }
     }))
     .await;
-    let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([format!("http://{up}")])
-                .bulkhead(std::num::NonZeroUsize::new(1).unwrap())
-                .retry(1)
-                .retry_backoff(BASE, CAP),
-        ),
-    )
+    let gw = serve_gateway(Gateway::builder().route(
+        "/api",
+        retrying(format!("http://{up}"), 1).bulkhead(std::num::NonZeroUsize::new(1).unwrap()),
+    ))
     .await;
 
     let first = tokio::spawn(async move { get(gw, "/api/slow").await });
@@ -512,13 +447,7 @@ async fn a_streamed_body_past_the_limit_is_sent_once_and_whole() {
 
     let up = Upstream::always(503).await;
     let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .retry(2)
-                .retry_backoff(BASE, CAP)
-                .retry_idempotent_writes(true),
-        ),
+        Gateway::builder().route("/api", retrying(up.url(), 2).retry_idempotent_writes(true)),
     )
     .await;
     let chunks: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 2048])).collect();
@@ -544,13 +473,7 @@ async fn a_streamed_body_past_the_limit_is_sent_once_and_whole() {
     // A small streamed body is kept and sent whole by every attempt.
     let up = Upstream::always(503).await;
     let gw = serve_gateway(
-        Gateway::builder().route(
-            "/api",
-            Route::to([up.url()])
-                .retry(2)
-                .retry_backoff(BASE, CAP)
-                .retry_idempotent_writes(true),
-        ),
+        Gateway::builder().route("/api", retrying(up.url(), 2).retry_idempotent_writes(true)),
     )
     .await;
     let frames = futures_util::stream::iter(
