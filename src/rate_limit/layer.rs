@@ -14,7 +14,8 @@ use tower::{Layer, Service};
 use super::Quota;
 use super::future::{ResponseFuture, State};
 use super::key::{ClientId, ClientKey, KeyExtractor, RequestHead};
-use super::store::{Check, Decision, LocalStore, RateLimitStore};
+use super::local::LocalStore;
+use super::store::{Check, Decision, RateLimitStore};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, ceil_secs};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");

@@ -95,9 +95,11 @@
 mod future;
 mod key;
 mod layer;
+mod local;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod route_store;
 mod store;
 
 use std::fmt;
@@ -110,10 +112,9 @@ pub use key::{
     StoreKey,
 };
 pub use layer::{RateLimit, RateLimitLayer};
-pub use store::{
-    BoxDecision, Check, DEFAULT_MAX_KEYS, Decision, LocalStore, OnStoreError, RateLimitStore,
-    RouteStore,
-};
+pub use local::{DEFAULT_MAX_KEYS, LocalStore};
+pub use route_store::RouteStore;
+pub use store::{BoxDecision, Check, Decision, OnStoreError, RateLimitStore};
 #[cfg(any(feature = "redis", feature = "config"))]
 pub(crate) use store::{SHARED_KEY_PREFIX, SHARED_TIMEOUT};
 

@@ -63,7 +63,8 @@ use redis::{Client as RedisClient, Script};
 
 use super::Quota;
 use super::key::StoreKey;
-use super::store::{BoxDecision, Check, Decision, LocalStore, RateLimitStore};
+use super::local::LocalStore;
+use super::store::{BoxDecision, Check, Decision, RateLimitStore};
 
 /// The GCRA, run atomically by Redis. Time is in microseconds since 2023-11-14 (Unix time
 /// 1,700,000,000 s), so a TAT keeps sub-microsecond precision in Lua's doubles.
