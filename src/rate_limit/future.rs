@@ -3,23 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::layer::{Headers, Usage, decide};
+use super::decide::{Pending, State, StateProj, decide};
 use super::store::Decision;
 use crate::rejection::RenderRejection;
-
-pub(super) struct Pending<S, R, ReqB> {
-    pub(super) req: Request<ReqB>,
-    pub(super) inner: S,
-    pub(super) headers: Arc<Headers>,
-    pub(super) render: R,
-}
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
@@ -29,28 +21,6 @@ pin_project! {
     {
         #[pin]
         state: State<S, F, R, ReqB, ResB>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    pub(super) enum State<S, F, R, ReqB, ResB>
-    where
-        S: Service<Request<ReqB>>,
-    {
-        Check {
-            #[pin]
-            check: F,
-            // Boxed: only a store that answers later pays for carrying the request, and the
-            // future of the synchronous path stays small.
-            pending: Option<Box<Pending<S, R, ReqB>>>,
-        },
-        Forward {
-            #[pin]
-            fut: S::Future,
-            usage: Option<(Usage, Headers)>,
-        },
-        Answer { res: Option<Response<ResB>> },
     }
 }
 

@@ -92,6 +92,7 @@
 //! a key cannot be extracted, keeps every key until you run its cleanup yourself, and has no
 //! hook for a store shared between instances. This layer answers each of those.
 
+mod decide;
 mod future;
 mod key;
 mod layer;
