@@ -45,7 +45,7 @@
 //!
 //! # Rejections
 //! `504 Gateway Timeout`, kind [`RejectionKind::GatewayTimeout`], with the request's
-//! correlation ID.
+//! correlation ID and its path as `instance`.
 
 use std::fmt;
 use std::future::Future;
@@ -61,8 +61,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::extensions::CorrelationId;
-use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
+use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, RequestContext};
 
 /// Answers 504 when the response head takes longer than the timeout; see the
 /// [module docs](self).
@@ -233,7 +232,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // Only what the 504's body needs; the request itself goes to the inner service.
-        let correlation_id = req.extensions().get::<CorrelationId>().cloned();
+        let context = RequestContext::capture(&req);
         // A body still to come: its frames move the deadline (a request without one costs
         // nothing).
         let upload = (!req.body().is_end_stream()).then(|| Arc::new(Upload::new()));
@@ -246,7 +245,7 @@ where
             sleep: tokio::time::sleep(self.timeout),
             timeout: self.timeout,
             upload,
-            answer: Some((correlation_id, self.render.clone())),
+            answer: Some((context, self.render.clone())),
         }
     }
 }
@@ -260,7 +259,7 @@ pin_project! {
         sleep: Sleep,
         timeout: Duration,
         upload: Option<Arc<Upload>>,
-        answer: Option<(Option<CorrelationId>, R)>,
+        answer: Option<(RequestContext, R)>,
     }
 }
 
@@ -300,9 +299,8 @@ where
                 _ => break,
             }
         }
-        let (correlation_id, mut render) = this.answer.take().expect("polled after completion");
-        let rejection =
-            Rejection::new(RejectionKind::GatewayTimeout).with_correlation_id(correlation_id);
+        let (context, mut render) = this.answer.take().expect("polled after completion");
+        let rejection = Rejection::new(RejectionKind::GatewayTimeout).for_context(context);
         Poll::Ready(Ok(rejection.into_response_with(&mut render)))
     }
 }
@@ -310,6 +308,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extensions::{CorrelationId, MatchedRoute};
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use std::convert::Infallible;
@@ -344,9 +343,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn answers_504_and_drops_the_inner_future_when_too_slow() {
         let dropped = Arc::new(AtomicBool::new(false));
-        let mut req = Request::new(Empty::new());
+        // As the router leaves it: `/api/orders?token=secret` with `/api` stripped.
+        let mut req = Request::get("/orders?token=secret")
+            .body(Empty::new())
+            .unwrap();
         req.extensions_mut()
             .insert(CorrelationId::from_bytes(b"slow-1").unwrap());
+        req.extensions_mut()
+            .insert(MatchedRoute::new("/api".into(), true));
         let started = tokio::time::Instant::now();
         let res = slow(Duration::from_secs(30), Arc::clone(&dropped))
             .oneshot(req)
@@ -363,6 +367,10 @@ mod tests {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["correlation_id"], "slow-1");
+        assert_eq!(
+            json["instance"], "/api/orders",
+            "the path the client sent, no query"
+        );
     }
 
     #[tokio::test(start_paused = true)]

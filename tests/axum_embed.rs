@@ -1,7 +1,7 @@
 //! The crate inside a plain axum app, served the documented way
 //! (`into_make_service_with_connect_info::<SocketAddr>()`, feature `axum`): clients on four
 //! loopback addresses get four rate-limit budgets, the proxy names each in
-//! `X-Forwarded-For`.
+//! `X-Forwarded-For`, and a rejection under `nest_service` shows the path the client sent.
 
 mod common;
 
@@ -78,7 +78,7 @@ async fn four_client_addresses_get_four_budgets() {
 }
 
 #[tokio::test]
-async fn the_gateway_under_nest_service_forwards_the_client() {
+async fn the_gateway_under_nest_service_forwards_the_client_and_shows_the_sent_path() {
     let (up, record) = common::upstream::start(false).await;
     let gateway = Gateway::<axum::body::Body>::builder()
         .route("/a", Route::to([format!("http://{up}")]))
@@ -97,4 +97,11 @@ async fn the_gateway_under_nest_service_forwards_the_client() {
             "the upstream sees the client that axum accepted"
         );
     }
+
+    // The gateway's own 404, for a path no route of it takes: `instance` is the path the
+    // client sent, not the one after axum's mount prefix.
+    let (status, body) = get_from(clients()[0], addr, "/api/nowhere?x=1").await;
+    assert_eq!(status, 404);
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["instance"], "/api/nowhere");
 }

@@ -58,7 +58,8 @@ impl<'a, B> From<&'a Request<B>> for RequestHead<'a> {
 /// are key extractors too.
 ///
 /// `None` means the request cannot be attributed; the limiter then counts it in one budget
-/// shared by all such requests (it is never waved through).
+/// shared by all such requests (it is never waved through), and says so once per process in
+/// a `warn` log.
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key: cheap to clone and hash (an address, an `Arc`, a small header value).
     type Key: Clone + Hash + Eq + Send + Sync + 'static;

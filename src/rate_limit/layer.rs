@@ -3,6 +3,7 @@
 use std::fmt;
 use std::mem;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -212,6 +213,9 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let key = self.shared.key.extract(&RequestHead::from(&req));
+        if key.is_none() {
+            warn_unattributed();
+        }
         let state = match self
             .shared
             .store
@@ -242,4 +246,21 @@ where
         };
         ResponseFuture::new(state)
     }
+}
+
+/// Says once per process, at `warn`, that a request could not be attributed to a client and
+/// so shares one budget with every other such request: usually a server that gives the
+/// layers no client address.
+#[cold]
+fn warn_unattributed() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        "rate limit: a request had no client key, so it shares one budget with every request \
+         without one; to limit clients by address, serve with tower_gateway::server::Server, \
+         or in axum with into_make_service_with_connect_info::<SocketAddr>() and the `axum` \
+         feature, or insert an extensions::PeerAddr (said once)"
+    );
 }

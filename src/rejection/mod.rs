@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use serde::Serialize;
 
 use crate::extensions::CorrelationId;
@@ -103,12 +103,25 @@ pub enum RejectionKind {
     ServiceUnavailable,
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
+    /// Any other status, for a layer of your own (`412`, `415`, `422`, ...): the title is the
+    /// status's reason phrase and the type `about:blank` (RFC 9457 §4.2.1); metrics and logs
+    /// give it the reason `other`. Meant for 4xx and 5xx statuses.
+    Other(StatusCode),
 }
 
 impl RejectionKind {
     /// `(status, title, slug of the type URI, default detail)`: the whole table in one place.
-    const fn info(self) -> (StatusCode, &'static str, &'static str, &'static str) {
+    fn info(self) -> (StatusCode, &'static str, &'static str, &'static str) {
         match self {
+            Self::Other(status) => (
+                status,
+                match status.canonical_reason() {
+                    Some(reason) => reason,
+                    None => "Error",
+                },
+                "",
+                "the request was refused",
+            ),
             Self::BadRequest => (
                 StatusCode::BAD_REQUEST,
                 "Bad Request",
@@ -179,18 +192,22 @@ impl RejectionKind {
     }
 
     /// The status code the gateway answers with.
-    pub const fn status(self) -> StatusCode {
+    pub fn status(self) -> StatusCode {
         self.info().0
     }
 
     /// The problem's `title`: the same for every occurrence of this kind.
-    pub const fn title(self) -> &'static str {
+    pub fn title(self) -> &'static str {
         self.info().1
     }
 
-    /// The problem's `type`: a URI naming this kind, which resolves to its documentation.
+    /// The problem's `type`: a URI naming this kind, which resolves to its documentation
+    /// (`about:blank` for [`Other`](Self::Other)).
     pub fn type_uri(self) -> String {
-        format!("{TYPE_URI_BASE}{}", self.info().2)
+        match self {
+            Self::Other(_) => "about:blank".to_owned(),
+            _ => format!("{TYPE_URI_BASE}{}", self.info().2),
+        }
     }
 
     fn default_detail(self) -> &'static str {
@@ -198,7 +215,7 @@ impl RejectionKind {
     }
 
     /// Every value [`reason`](Self::reason) takes.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "bad_request",
         "auth",
         "no_route",
@@ -208,11 +225,13 @@ impl RejectionKind {
         "upstream",
         "circuit_breaker",
         "timeout",
+        "other",
     ];
 
     /// Why the gateway answered, in the words of metrics and logs: `auth` (401 and 403),
     /// `rate_limit`, `bulkhead`, `circuit_breaker`, `timeout`, `upstream` (502 and 503
-    /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`.
+    /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`, and
+    /// `other` for [`Other`](Self::Other).
     pub const fn reason(self) -> &'static str {
         Self::REASONS[self.reason_index()]
     }
@@ -228,6 +247,60 @@ impl RejectionKind {
             Self::BadGateway | Self::ServiceUnavailable => 6,
             Self::CircuitOpen => 7,
             Self::GatewayTimeout => 8,
+            Self::Other(_) => 9,
+        }
+    }
+}
+
+/// The problem's `instance`: the path the client sent. That is axum's `OriginalUri` when
+/// axum routed the request (feature `axum`), else the path before the gateway's router
+/// stripped the route prefix, else the path as it is. Never the query: it can carry a token.
+fn instance(uri: &Uri, matched: Option<&MatchedRoute>, original: Option<&Uri>) -> String {
+    if let Some(original) = original {
+        return original.path().to_owned();
+    }
+    match matched {
+        Some(route) => route.original_path(uri.path()),
+        None => uri.path().to_owned(),
+    }
+}
+
+/// The URI axum saw before any `nest`/`nest_service` cut it (feature `axum`).
+#[inline]
+fn original_uri(extensions: &http::Extensions) -> Option<&Uri> {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = extensions.get::<axum::extract::OriginalUri>() {
+        return Some(uri);
+    }
+    let _ = extensions;
+    None
+}
+
+/// What a rejection made after its request is gone (a timeout's `504`) needs of the request,
+/// captured in `call` for the price of a few reference counts and no allocation.
+#[cfg_attr(
+    not(feature = "timeout"),
+    allow(dead_code, reason = "used by the timeout")
+)]
+pub(crate) struct RequestContext {
+    correlation_id: Option<CorrelationId>,
+    uri: Uri,
+    matched: Option<MatchedRoute>,
+    original: Option<Uri>,
+}
+
+impl RequestContext {
+    #[cfg_attr(
+        not(feature = "timeout"),
+        allow(dead_code, reason = "used by the timeout")
+    )]
+    pub(crate) fn capture<B>(request: &Request<B>) -> Self {
+        let extensions = request.extensions();
+        Self {
+            correlation_id: extensions.get::<CorrelationId>().cloned(),
+            uri: request.uri().clone(),
+            matched: extensions.get::<MatchedRoute>().cloned(),
+            original: original_uri(extensions).cloned(),
         }
     }
 }
@@ -275,15 +348,36 @@ impl Rejection {
     /// Captures the correlation ID (from the request extensions) and the request path (as the
     /// problem's `instance`: the path the client sent, before a route prefix was stripped;
     /// the query is left out because it can carry a token).
+    ///
+    /// With the `axum` feature, a request that axum routed shows the path axum's
+    /// `OriginalUri` holds, so under `nest_service` too the client sees the path it sent.
     pub fn for_request<B>(mut self, request: &Request<B>) -> Self {
-        if let Some(id) = request.extensions().get::<CorrelationId>() {
+        let extensions = request.extensions();
+        if let Some(id) = extensions.get::<CorrelationId>() {
             self.correlation_id = Some(id.clone());
         }
-        let path = request.uri().path();
-        self.instance = Some(match request.extensions().get::<MatchedRoute>() {
-            Some(route) => route.original_path(path),
-            None => path.to_owned(),
-        });
+        self.instance = Some(instance(
+            request.uri(),
+            extensions.get::<MatchedRoute>(),
+            original_uri(extensions),
+        ));
+        self
+    }
+
+    /// [`for_request`](Self::for_request) with what `context` captured of the request.
+    #[cfg_attr(
+        not(feature = "timeout"),
+        allow(dead_code, reason = "used by the timeout")
+    )]
+    pub(crate) fn for_context(mut self, context: RequestContext) -> Self {
+        if context.correlation_id.is_some() {
+            self.correlation_id = context.correlation_id;
+        }
+        self.instance = Some(instance(
+            &context.uri,
+            context.matched.as_ref(),
+            context.original.as_ref(),
+        ));
         self
     }
 
@@ -460,6 +554,25 @@ mod tests {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
             assert!(kind.type_uri().ends_with(&format!("{kind:?}")), "{kind:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn another_status_is_a_problem_of_its_own() {
+        let req = Request::post("/api/orders?token=secret").body(()).unwrap();
+        let kind = RejectionKind::Other(StatusCode::UNPROCESSABLE_ENTITY);
+        let res: Response<Full<Bytes>> = Rejection::new(kind)
+            .with_detail("the order has no items")
+            .for_request(&req)
+            .into_response();
+        assert_eq!(res.status(), 422);
+        assert_eq!(kind.reason(), "other");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "about:blank");
+        assert_eq!(json["title"], "Unprocessable Entity");
+        assert_eq!(json["status"], 422);
+        assert_eq!(json["detail"], "the order has no items");
+        assert_eq!(json["instance"], "/api/orders");
     }
 
     #[tokio::test]
