@@ -139,7 +139,8 @@ impl KeySet {
         Self::default()
     }
 
-    /// Adds `key`, belonging to `id`. A key added twice keeps its last identity.
+    /// Adds `key`, belonging to `id`. A key added twice keeps its last identity. An empty key
+    /// never matches: the layer treats an empty header as no key.
     pub fn key(self, id: impl Into<Box<str>>, key: impl AsRef<[u8]>) -> Self {
         self.identity(Identity::new(id), key)
     }
@@ -371,7 +372,11 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let settings = &*self.settings;
         // Taken out of the request at once: whatever happens next, the key goes no further.
-        let key = req.headers_mut().remove(&settings.header);
+        // An empty value is no key at all, whatever a store holds.
+        let key = req
+            .headers_mut()
+            .remove(&settings.header)
+            .filter(|key| !key.is_empty());
         let identity = match key.map(|key| settings.store.lookup(&key)) {
             None => None,
             Some(Lookup::Ready(identity)) => identity,
@@ -617,6 +622,18 @@ mod tests {
                 "nothing reaches the inner service"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_empty_key_never_matches_even_one_stored_by_mistake() {
+        let seen = Seen::default();
+        let keys = KeySet::new().key("nobody", "");
+        let res = svc(ApiKeyAuthLayer::new(keys), Arc::clone(&seen))
+            .oneshot(req("/orders", Some("")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        assert!(seen.lock().unwrap().is_empty(), "nothing reached upstream");
     }
 
     #[tokio::test]

@@ -194,12 +194,26 @@ impl fmt::Debug for Identity {
 pub struct MatchedRoute {
     prefix: Arc<str>,
     stripped: bool,
+    /// The URI the client sent, when the prefix was stripped from it.
+    original: Option<http::Uri>,
 }
 
 impl MatchedRoute {
     /// A match of `prefix`, stripped from the path or not.
     pub fn new(prefix: Arc<str>, stripped: bool) -> Self {
-        Self { prefix, stripped }
+        Self {
+            prefix,
+            stripped,
+            original: None,
+        }
+    }
+
+    /// The same match, keeping `uri`, the URI the client sent before the prefix was
+    /// stripped (the router moves it in here), so that [`original_path`](Self::original_path)
+    /// reads it instead of rebuilding it.
+    pub fn with_original_uri(mut self, uri: http::Uri) -> Self {
+        self.original = Some(uri);
+        self
     }
 
     /// The route prefix.
@@ -212,8 +226,16 @@ impl MatchedRoute {
         self.stripped
     }
 
+    /// The URI the client sent, when the router kept it (it does when it strips the prefix).
+    pub fn original_uri(&self) -> Option<&http::Uri> {
+        self.original.as_ref()
+    }
+
     /// The path the client sent, given the path the request carries now.
     pub fn original_path(&self, path: &str) -> String {
+        if let Some(uri) = &self.original {
+            return uri.path().to_owned();
+        }
         match (self.stripped, path) {
             (false, _) => path.to_owned(),
             (true, "/") => self.prefix.to_string(),

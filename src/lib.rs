@@ -63,9 +63,10 @@
 //! # Features
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
 //! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`), one per piece around them
-//! (`proxy`, `router`, `server`, `trace`, `reload`, `metrics`, `redis`), `gateway` for the
-//! [`builder`] (it pulls in every concern and piece but `metrics` and `redis`), `config` for
-//! the TOML format, and `full` (the default) for everything. Each builds alone. The
+//! (`proxy`, `router`, `server`, `trace`, `reload`, `metrics`, `redis`), `axum` for axum's
+//! `ConnectInfo` and `OriginalUri`, `gateway` for the [`builder`] (every concern, `proxy`,
+//! `router`, `server`, `trace` and `reload`), `config` for the TOML format (with
+//! `gateway`), and `full` (the default) for everything. Each builds alone. The
 //! [`rejection`], [`body`], [`classify`] and [`extensions`] modules are always present.
 //!
 //! [tower]: https://docs.rs/tower

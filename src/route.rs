@@ -387,15 +387,18 @@ where
             return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
         };
         let entry = &self.routes[index];
-        let stripped = entry.strip
-            && match strip(req.uri(), &entry.prefix) {
-                Some(uri) => {
-                    *req.uri_mut() = uri;
-                    true
-                }
-                None => false,
-            };
-        let matched = MatchedRoute::new(Arc::clone(&entry.prefix), stripped);
+        let stripped = entry
+            .strip
+            .then(|| strip(req.uri(), &entry.prefix))
+            .flatten()
+            .map(|uri| std::mem::replace(req.uri_mut(), uri));
+        let matched = match stripped {
+            // The client's URI moves into the match: rejections show its path.
+            Some(original) => {
+                MatchedRoute::new(Arc::clone(&entry.prefix), true).with_original_uri(original)
+            }
+            None => MatchedRoute::new(Arc::clone(&entry.prefix), false),
+        };
         if let Some(hook) = &self.hooks.on_match {
             hook(&matched);
         }

@@ -242,6 +242,8 @@ async fn a_slow_upstream_gets_504_and_sees_the_cancellation() {
     assert_eq!(res.status, 504);
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(problem(&res)["correlation_id"], "late-1");
+    // The path the client sent, before the prefix was stripped; never the query.
+    assert_eq!(problem(&res)["instance"], "/api/slow");
     wait_for(
         || rec.cancelled.load(Ordering::SeqCst) == 1,
         "the upstream request is cancelled",

@@ -77,7 +77,7 @@ async fn without_a_client_address_one_shared_budget_and_one_warning() {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let warnings: Vec<&str> = logs
         .lines()
-        .filter(|line| line.contains("no client key"))
+        .filter(|line| line.contains("no client address"))
         .collect();
     assert_eq!(warnings.len(), 1, "said once: {logs}");
     assert!(warnings[0].contains("WARN"), "{logs}");

@@ -49,6 +49,7 @@ mod observe;
 mod route;
 mod stages;
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
@@ -271,12 +272,9 @@ where
     /// first error in route order (a bad or repeated prefix, then the route's own settings).
     /// The config module maps it to the key path of the TOML file.
     pub fn check(&self) -> Result<(), BuildError> {
-        let mut prefixes = std::collections::HashSet::new();
+        let mut prefixes = HashSet::new();
         for (prefix, route) in &self.routes {
-            validate_prefix(prefix)?;
-            if !prefixes.insert(prefix.as_str()) {
-                return Err(RouteError::DuplicatePrefix(prefix.clone()).into());
-            }
+            check_prefix(prefix, &mut prefixes)?;
             stages::check(prefix, route)?;
         }
         Ok(())
@@ -287,7 +285,9 @@ where
         let client: GatewayClient<B> = self.client.build();
         let mut router = observe::router(Router::builder());
         let mut states = RouteStates::new();
+        let mut prefixes = HashSet::new();
         for (prefix, route) in &self.routes {
+            check_prefix(prefix, &mut prefixes)?;
             let old = self
                 .previous
                 .as_ref()
@@ -363,6 +363,15 @@ where
         let _ = prefix;
         LocalStore::new(quota).into()
     }
+}
+
+/// Checks `prefix` and that no route before it (in `seen`) has it.
+fn check_prefix<'a>(prefix: &'a str, seen: &mut HashSet<&'a str>) -> Result<(), BuildError> {
+    validate_prefix(prefix)?;
+    if !seen.insert(prefix) {
+        return Err(RouteError::DuplicatePrefix(prefix.to_owned()).into());
+    }
+    Ok(())
 }
 
 /// The gateway: one `Clone` service of every route and layer; see the [module docs](self).

@@ -85,7 +85,7 @@ impl Observer {
         );
         bulkhead.on_slot_change(move |change| match change {
             crate::bulkhead::SlotChange::Taken => gauge.increment(1.0),
-            _ => gauge.decrement(1.0),
+            crate::bulkhead::SlotChange::Released => gauge.decrement(1.0),
         })
     }
 

@@ -95,12 +95,15 @@ impl<C, R> CircuitBreakerLayer<C, R> {
         self.breaker.state()
     }
 
-    /// This layer with `other`'s breaker: its state, counts, trip policy, cooldown and
-    /// [hook](Self::on_state_change) carry over, while this layer's classifier and rendering
-    /// apply. For a reload that replaces a stack while it serves: the gateway builder's
-    /// `GatewayBuilder::keep_state_of` calls it for routes
-    /// whose breaker settings did not change, so an open circuit stays open.
+    /// This layer with `other`'s breaker, when both trip, cool down and probe alike: its
+    /// state, counts and [hook](Self::on_state_change) carry over, while this layer's
+    /// classifier and rendering apply, so an open circuit stays open. With other settings
+    /// this layer keeps its own breaker. For a reload that replaces a stack while it serves
+    /// (`GatewayBuilder::keep_state_of` calls it for every route with a breaker).
     pub fn keep_state_of<C2, R2>(self, other: &CircuitBreakerLayer<C2, R2>) -> Self {
+        if !self.breaker.same_settings(&other.breaker) {
+            return self;
+        }
         Self {
             breaker: Arc::clone(&other.breaker),
             ..self

@@ -250,6 +250,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn keep_state_of_carries_an_open_breaker_only_to_the_same_settings() {
+        let up = Upstream::answering(500);
+        let old = breaker(1, 30);
+        assert_eq!(status(&old.layer(up.service())).await, 500);
+        assert_eq!(old.state(), BreakerState::Open);
+        assert_eq!(
+            breaker(1, 30).keep_state_of(&old).state(),
+            BreakerState::Open
+        );
+        assert_eq!(
+            breaker(2, 30).keep_state_of(&old).state(),
+            BreakerState::Closed
+        );
+        assert_eq!(
+            breaker(1, 60).keep_state_of(&old).state(),
+            BreakerState::Closed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_and_refuses_without_the_upstream() {
         let up = Upstream::answering(500);
         let layer = breaker(3, 30);

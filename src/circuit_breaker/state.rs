@@ -151,6 +151,13 @@ impl Breaker {
     }
 
     /// A new breaker, closed, with this one's policy and cooldown.
+    /// Whether `other` trips and cools down as this one does.
+    pub(super) fn same_settings(&self, other: &Self) -> bool {
+        self.policy == other.policy
+            && self.cooldown == other.cooldown
+            && self.max_probes == other.max_probes
+    }
+
     pub(super) fn renewed(&self, max_probes: u32, hook: Option<Hook>) -> Self {
         Self::new(self.policy, self.cooldown, max_probes, hook)
     }

@@ -140,6 +140,8 @@ impl Config {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        // Never a gateway without something the file asks for, validated or not.
+        self.check_supported()?;
         let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
         let mut builder = Gateway::builder().trusted_proxies(trusted);
         if let Some(auth) = &self.auth {

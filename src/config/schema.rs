@@ -317,17 +317,7 @@ impl AuthConfig {
                     format_args!("duplicate key id {:?}", entry.id),
                 ));
             }
-            if entry.secret(i)?.is_empty() {
-                let field = if entry.key.is_some() {
-                    "key"
-                } else {
-                    "key_env"
-                };
-                return Err(ConfigError::invalid(
-                    format!("{key}.{field}"),
-                    "the key must not be empty",
-                ));
-            }
+            entry.secret(i)?;
         }
         Ok(())
     }
@@ -335,9 +325,10 @@ impl AuthConfig {
 
 impl ApiKeyConfig {
     /// The key of `auth.keys[i]`: inline, or read from its environment variable.
+    /// Never empty: an empty key would be a credential anyone can send.
     pub(super) fn secret(&self, i: usize) -> Result<String, ConfigError> {
         let key = format!("auth.keys[{i}]");
-        match (&self.key, &self.key_env) {
+        let secret = match (&self.key, &self.key_env) {
             (Some(secret), None) => Ok(secret.clone()),
             (None, Some(var)) => match std::env::var(var) {
                 Ok(secret) => Ok(secret),
@@ -351,10 +342,18 @@ impl ApiKeyConfig {
                 )),
             },
             _ => Err(ConfigError::invalid(
-                key,
+                key.as_str(),
                 "set exactly one of `key` and `key_env`",
             )),
+        }?;
+        if secret.is_empty() {
+            let field = if self.key.is_some() { "key" } else { "key_env" };
+            return Err(ConfigError::invalid(
+                format!("{key}.{field}"),
+                "the key must not be empty",
+            ));
         }
+        Ok(secret)
     }
 }
 

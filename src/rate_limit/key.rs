@@ -3,6 +3,7 @@
 use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
@@ -193,7 +194,10 @@ impl KeyExtractor for PeerIp {
 
     #[inline]
     fn extract(&self, req: &RequestHead<'_>) -> Option<IpAddr> {
-        let PeerAddr(peer) = PeerAddr::from_extensions(req.extensions())?;
+        let Some(PeerAddr(peer)) = PeerAddr::from_extensions(req.extensions()) else {
+            warn_no_address();
+            return None;
+        };
         match client_ip(req.headers(), peer.ip(), &self.trusted) {
             IpAddr::V6(ip) if self.v6_mask != u128::MAX => {
                 Some(IpAddr::V6(Ipv6Addr::from(u128::from(ip) & self.v6_mask)))
@@ -319,6 +323,23 @@ impl<T: StoreKey + ?Sized> StoreKey for std::sync::Arc<T> {
     fn write_key(&self, out: &mut Vec<u8>) {
         (**self).write_key(out);
     }
+}
+
+/// Says once per process, at `warn`, that a request came with no peer address, so that a
+/// limiter keying by address counts it in the one budget of every request without a key:
+/// a server that gives the layers no client address.
+#[cold]
+fn warn_no_address() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        "rate limit: a request had no client address, so it shares one budget with every \
+         request without a key; to limit clients by address, serve with tower_gateway::server::Server, \
+         or in axum with into_make_service_with_connect_info::<SocketAddr>() and the `axum` \
+         feature, or insert an extensions::PeerAddr (said once)"
+    );
 }
 
 #[cfg(test)]

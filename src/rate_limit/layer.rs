@@ -3,7 +3,6 @@
 use std::fmt;
 use std::mem;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -78,19 +77,28 @@ where
     }
 }
 
-impl<X, St, R> RateLimitLayer<X, St, R> {
-    /// This layer with `other`'s store: the budgets its clients have spent so far carry
-    /// over, while this layer's key extractor, headers and rendering apply. For a reload
-    /// that replaces a stack while it serves: the gateway builder's
-    /// `GatewayBuilder::keep_state_of` calls it for routes
-    /// whose quota did not change and whose budgets live in the process.
+impl<X, St, R> RateLimitLayer<X, St, R>
+where
+    X: KeyExtractor,
+    St: RateLimitStore<X::Key>,
+{
+    /// This layer with `other`'s store, when both have the same quota: the budgets its
+    /// clients have spent so far carry over, while this layer's key extractor, headers and
+    /// rendering apply. With another quota this layer keeps its own store. For a reload
+    /// that replaces a stack while it serves (`GatewayBuilder::keep_state_of` calls it for
+    /// routes whose budgets live in the process).
     pub fn keep_state_of<R2>(self, other: &RateLimitLayer<X, St, R2>) -> Self {
+        if self.store.quota() != other.store.quota() {
+            return self;
+        }
         Self {
             store: Arc::clone(&other.store),
             ..self
         }
     }
+}
 
+impl<X, St, R> RateLimitLayer<X, St, R> {
     /// Whether responses carry `RateLimit-Policy` and `RateLimit` (default `true`).
     pub fn ietf_headers(mut self, on: bool) -> Self {
         Arc::make_mut(&mut self.headers).ietf = on;
@@ -213,9 +221,6 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let key = self.shared.key.extract(&RequestHead::from(&req));
-        if key.is_none() {
-            warn_unattributed();
-        }
         let state = match self
             .shared
             .store
@@ -246,21 +251,4 @@ where
         };
         ResponseFuture::new(state)
     }
-}
-
-/// Says once per process, at `warn`, that a request could not be attributed to a client and
-/// so shares one budget with every other such request: usually a server that gives the
-/// layers no client address.
-#[cold]
-fn warn_unattributed() {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    tracing::warn!(
-        "rate limit: a request had no client key, so it shares one budget with every request \
-         without one; to limit clients by address, serve with tower_gateway::server::Server, \
-         or in axum with into_make_service_with_connect_info::<SocketAddr>() and the `axum` \
-         feature, or insert an extensions::PeerAddr (said once)"
-    );
 }

@@ -51,23 +51,20 @@
 //! ```
 //!
 //! # In axum
-//! Alone in a plain axum app, keyed by the client address axum's `ConnectInfo` carries (a
-//! closure key; [`PeerIp`] reads the [`PeerAddr`](crate::extensions::PeerAddr) the crate's own server
-//! sets):
+//! Alone in a plain axum app served with `into_make_service_with_connect_info`: with the
+//! `axum` feature (in `full`) the default [`ClientKey`] reads the client address from axum's
+//! `ConnectInfo<SocketAddr>` (see [`PeerAddr::from_extensions`](crate::extensions::PeerAddr::from_extensions)),
+//! identities and trusted proxies included. Without an address, every request without a
+//! key shares one budget, and the layer says so once in a `warn` log.
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::{net::SocketAddr, time::Duration};
-//! use axum::{Router, extract::ConnectInfo, routing::get};
-//! use tower_gateway::rate_limit::{Quota, RateLimitLayer, RequestHead};
+//! use axum::{Router, routing::get};
+//! use tower_gateway::rate_limit::{Quota, RateLimitLayer};
 //!
-//! let app = Router::new().route("/", get(|| async { "hello" })).layer(
-//!     RateLimitLayer::new(Quota::new(100, Duration::from_secs(60))?).with_key(
-//!         |req: &RequestHead<'_>| {
-//!             let ConnectInfo(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
-//!             Some(peer.ip())
-//!         },
-//!     ),
-//! );
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::new(Quota::new(100, Duration::from_secs(60))?));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
 //! # Ok(()) }

@@ -277,14 +277,17 @@ fn original_uri(extensions: &http::Extensions) -> Option<&Uri> {
 }
 
 /// What a rejection made after its request is gone (a timeout's `504`) needs of the request,
-/// captured in `call` for the price of a few reference counts and no allocation.
+/// captured in `call` for the price of a few reference counts: the correlation ID, the
+/// route match (which holds the client's URI when the router stripped a prefix), and
+/// otherwise the URI as the server parsed it (shared bytes: a clone copies nothing).
 #[cfg_attr(
     not(feature = "timeout"),
     allow(dead_code, reason = "used by the timeout")
 )]
 pub(crate) struct RequestContext {
     correlation_id: Option<CorrelationId>,
-    uri: Uri,
+    /// `None` when the match or axum's original URI has the client's path.
+    uri: Option<Uri>,
     matched: Option<MatchedRoute>,
     original: Option<Uri>,
 }
@@ -296,11 +299,32 @@ impl RequestContext {
     )]
     pub(crate) fn capture<B>(request: &Request<B>) -> Self {
         let extensions = request.extensions();
+        let matched = extensions.get::<MatchedRoute>().cloned();
+        let original = original_uri(extensions).cloned();
+        // A URI the router rebuilt is not shared, so its clone would copy: leave it when
+        // the match or axum holds the client's.
+        let needed = original.is_none()
+            && matched
+                .as_ref()
+                .is_none_or(|matched| matched.original_uri().is_none());
         Self {
             correlation_id: extensions.get::<CorrelationId>().cloned(),
-            uri: request.uri().clone(),
-            matched: extensions.get::<MatchedRoute>().cloned(),
-            original: original_uri(extensions).cloned(),
+            uri: needed.then(|| request.uri().clone()),
+            matched,
+            original,
+        }
+    }
+
+    /// The problem's `instance`, as [`instance`] makes it from the request.
+    fn instance(&self) -> String {
+        match (&self.uri, &self.matched) {
+            (Some(uri), matched) => instance(uri, matched.as_ref(), self.original.as_ref()),
+            (None, _) if self.original.is_some() => {
+                instance(&Uri::default(), None, self.original.as_ref())
+            }
+            // The match holds the client's URI: the path given is not read.
+            (None, Some(matched)) => matched.original_path("/"),
+            (None, None) => String::new(),
         }
     }
 }
@@ -370,14 +394,10 @@ impl Rejection {
         allow(dead_code, reason = "used by the timeout")
     )]
     pub(crate) fn for_context(mut self, context: RequestContext) -> Self {
+        self.instance = Some(context.instance());
         if context.correlation_id.is_some() {
             self.correlation_id = context.correlation_id;
         }
-        self.instance = Some(instance(
-            &context.uri,
-            context.matched.as_ref(),
-            context.original.as_ref(),
-        ));
         self
     }
 
