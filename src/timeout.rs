@@ -45,7 +45,8 @@
 //!
 //! # Rejections
 //! `504 Gateway Timeout`, kind [`RejectionKind::GatewayTimeout`], with the request's
-//! correlation ID and its path as `instance`.
+//! correlation ID and, for a request a router took (the gateway's, or axum's with the `axum`
+//! feature), the path the client sent as `instance`.
 
 use std::fmt;
 use std::future::Future;

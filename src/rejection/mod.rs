@@ -58,10 +58,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use serde::Serialize;
 
@@ -277,19 +279,19 @@ fn original_uri(extensions: &http::Extensions) -> Option<&Uri> {
 }
 
 /// What a rejection made after its request is gone (a timeout's `504`) needs of the request,
-/// captured in `call` for the price of a few reference counts: the correlation ID, the
-/// route match (which holds the client's URI when the router stripped a prefix), and
-/// otherwise the URI as the server parsed it (shared bytes: a clone copies nothing).
+/// captured in `call`: the correlation ID and, for a request a router took (the gateway's,
+/// or axum's), the path the client sent (shared bytes as the server parsed them: the clone
+/// is a reference count). Kept small, since it rides in every request's future.
 #[cfg_attr(
     not(feature = "timeout"),
     allow(dead_code, reason = "used by the timeout")
 )]
 pub(crate) struct RequestContext {
     correlation_id: Option<CorrelationId>,
-    /// `None` when the match or axum's original URI has the client's path.
-    uri: Option<Uri>,
-    matched: Option<MatchedRoute>,
-    original: Option<Uri>,
+    /// The client's path is this one's, with `stripped` in front when that is set.
+    path: Option<PathAndQuery>,
+    /// A route prefix cut off `path` (only for a match that did not keep the client's URI).
+    stripped: Option<Arc<str>>,
 }
 
 impl RequestContext {
@@ -297,35 +299,38 @@ impl RequestContext {
         not(feature = "timeout"),
         allow(dead_code, reason = "used by the timeout")
     )]
+    #[inline]
     pub(crate) fn capture<B>(request: &Request<B>) -> Self {
         let extensions = request.extensions();
-        let matched = extensions.get::<MatchedRoute>().cloned();
-        let original = original_uri(extensions).cloned();
-        // A URI the router rebuilt is not shared, so its clone would copy: leave it when
-        // the match or axum holds the client's.
-        let needed = original.is_none()
-            && matched
-                .as_ref()
-                .is_none_or(|matched| matched.original_uri().is_none());
+        let correlation_id = extensions.get::<CorrelationId>().cloned();
+        let matched = extensions.get::<MatchedRoute>();
+        // Only a request that a router took (the gateway's, or axum's) pays for its path: a
+        // clone of shared bytes. A timeout on its own keeps nothing but the ID.
+        let (uri, stripped) = match (original_uri(extensions), matched) {
+            (Some(original), _) => (Some(original), None),
+            (None, Some(matched)) => match matched.original_uri() {
+                Some(original) => (Some(original), None),
+                None if matched.stripped() => {
+                    (Some(request.uri()), Some(Arc::from(matched.prefix())))
+                }
+                None => (Some(request.uri()), None),
+            },
+            (None, None) => (None, None),
+        };
         Self {
-            correlation_id: extensions.get::<CorrelationId>().cloned(),
-            uri: needed.then(|| request.uri().clone()),
-            matched,
-            original,
+            correlation_id,
+            path: uri.and_then(Uri::path_and_query).cloned(),
+            stripped,
         }
     }
 
-    /// The problem's `instance`, as [`instance`] makes it from the request.
-    fn instance(&self) -> String {
-        match (&self.uri, &self.matched) {
-            (Some(uri), matched) => instance(uri, matched.as_ref(), self.original.as_ref()),
-            (None, _) if self.original.is_some() => {
-                instance(&Uri::default(), None, self.original.as_ref())
-            }
-            // The match holds the client's URI: the path given is not read.
-            (None, Some(matched)) => matched.original_path("/"),
-            (None, None) => String::new(),
-        }
+    /// The problem's `instance`, when the path was kept: the client's path, never the query.
+    fn instance(&self) -> Option<String> {
+        let path = self.path.as_ref()?.path();
+        Some(match &self.stripped {
+            Some(prefix) => MatchedRoute::new(Arc::clone(prefix), true).original_path(path),
+            None => path.to_owned(),
+        })
     }
 }
 
@@ -394,7 +399,7 @@ impl Rejection {
         allow(dead_code, reason = "used by the timeout")
     )]
     pub(crate) fn for_context(mut self, context: RequestContext) -> Self {
-        self.instance = Some(context.instance());
+        self.instance = context.instance();
         if context.correlation_id.is_some() {
             self.correlation_id = context.correlation_id;
         }
