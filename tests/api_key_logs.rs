@@ -6,28 +6,10 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
-
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
 
-use common::raw_request;
-
-/// Everything a tracing subscriber writes, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use common::{Captured, raw_request};
 
 #[tokio::test]
 async fn junk_keys_get_a_401_and_no_key_reaches_the_logs_or_the_upstream() {

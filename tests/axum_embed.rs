@@ -9,8 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::routing::get;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::rate_limit::{Quota, RateLimitLayer};
 
@@ -29,25 +28,6 @@ async fn serve(app: axum::Router) -> SocketAddr {
     addr
 }
 
-/// `GET path` from a socket bound to `from`, on a connection of its own; the status and the
-/// body.
-async fn get_from(from: IpAddr, addr: SocketAddr, path: &str) -> (u16, String) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-    (status, body.unwrap_or_default())
-}
-
 fn clients() -> Vec<IpAddr> {
     (2..=5).map(|n| IpAddr::from([127, 0, 0, n])).collect()
 }
@@ -63,7 +43,7 @@ async fn four_client_addresses_get_four_budgets() {
 
     let mut first = Vec::new();
     for client in clients() {
-        first.push(get_from(client, addr, "/hello").await.0);
+        first.push(common::get_from(client, addr, "/hello").await.0);
     }
     assert_eq!(
         first,
@@ -72,7 +52,7 @@ async fn four_client_addresses_get_four_budgets() {
     );
     let mut second = Vec::new();
     for client in clients() {
-        second.push(get_from(client, addr, "/hello").await.0);
+        second.push(common::get_from(client, addr, "/hello").await.0);
     }
     assert_eq!(second, [429, 429, 429, 429], "and each spent it");
 }
@@ -88,7 +68,7 @@ async fn the_gateway_under_nest_service_forwards_the_client_and_shows_the_sent_p
     let addr = serve(app).await;
 
     for client in clients() {
-        let (status, body) = get_from(client, addr, "/api/a/ping").await;
+        let (status, body) = common::get_from(client, addr, "/api/a/ping").await;
         assert_eq!((status, body.as_str()), (200, "pong /ping"));
         let seen = record.last();
         assert_eq!(
@@ -100,7 +80,7 @@ async fn the_gateway_under_nest_service_forwards_the_client_and_shows_the_sent_p
 
     // The gateway's own 404, for a path no route of it takes: `instance` is the path the
     // client sent, not the one after axum's mount prefix.
-    let (status, body) = get_from(clients()[0], addr, "/api/nowhere?x=1").await;
+    let (status, body) = common::get_from(clients()[0], addr, "/api/nowhere?x=1").await;
     assert_eq!(status, 404);
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["instance"], "/api/nowhere");
