@@ -191,6 +191,16 @@ mod tests {
     }
 
     #[test]
+    fn a_users_own_5xx_answer_says_nothing_about_the_upstream() {
+        // A layer of the user's answering 502 or 503 itself never reached the upstream: the
+        // breaker counts it neither as a failure nor as a success.
+        for code in [StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE] {
+            let res: Response<Bytes> = Rejection::new(RejectionKind::Other(code)).into_response();
+            assert!(!ResponseHead::from(&res).is_about_upstream(), "{code}");
+        }
+    }
+
+    #[test]
     fn closures_classify_with_the_whole_head() {
         let degraded = |res: &ResponseHead<'_>| res.headers().contains_key("x-degraded");
         let mut res = status(200);
