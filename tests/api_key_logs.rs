@@ -13,15 +13,7 @@ use common::{Captured, raw_request};
 
 #[tokio::test]
 async fn junk_keys_get_a_401_and_no_key_reaches_the_logs_or_the_upstream() {
-    // Every event at every level, from every thread.
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let captured = Captured::install(tracing::Level::TRACE);
 
     let (up, rec) = common::upstream::start(false).await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -78,7 +70,7 @@ async fn junk_keys_get_a_401_and_no_key_reaches_the_logs_or_the_upstream() {
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|s| !s.headers.contains_key("x-api-key")));
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains("rejected") && logs.contains("upstream failed"),
         "the capture works: {logs}"

@@ -16,14 +16,7 @@ use tower_gateway::rate_limit::{Quota, RateLimitLayer};
 
 #[tokio::test]
 async fn without_a_client_address_one_shared_budget_and_one_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let captured = Captured::install(tracing::Level::WARN);
 
     let app = axum::Router::new()
         .route("/hello", get(|| async { "hello" }))

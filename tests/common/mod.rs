@@ -199,9 +199,24 @@ pub fn prometheus_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Opt
 pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// Installs a process-wide subscriber that writes every event up to `level`, from every
+    /// thread, here. Process-wide, so a test file that reads the logs holds one test: a
+    /// scoped subscriber can miss the first events of callsites another test hit first.
+    pub fn install(level: tracing::Level) -> Self {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    }
+
     /// What was written so far.
     pub fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
