@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Response, StatusCode};
 
-use crate::rejection::{Rejection, RejectionKind};
+use crate::rejection::{Fault, Rejection};
 
 /// A borrowed view of a response's head (everything but the body): three references.
 #[derive(Clone, Copy, Debug)]
@@ -54,16 +54,15 @@ impl<'a> ResponseHead<'a> {
     }
 
     /// Whether this answer says anything about the upstream: its own answer, or the
-    /// gateway's `502` or `504` for it. A refusal of the gateway's own (a full bulkhead, a
-    /// rate limit, auth, a route's own layer) never reached the upstream, so a circuit
-    /// breaker counts it neither as a failure nor as a success.
+    /// gateway's `502` or `504` for it (a rejection whose [`Fault`] is the upstream's). A
+    /// refusal of the gateway's own (a full bulkhead, a rate limit, auth, a route's own
+    /// layer) never reached the upstream, and a client's fault (a broken or stalled request
+    /// body, a client that left) says nothing about it, so a circuit breaker counts neither
+    /// as a failure nor as a success.
     pub fn is_about_upstream(&self) -> bool {
-        self.extensions.get::<Rejection>().is_none_or(|rejection| {
-            matches!(
-                rejection.kind(),
-                RejectionKind::BadGateway | RejectionKind::GatewayTimeout
-            )
-        })
+        self.extensions
+            .get::<Rejection>()
+            .is_none_or(|rejection| rejection.fault() == Fault::Upstream)
     }
 }
 
@@ -142,7 +141,7 @@ impl FailureClassifier for SharedClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rejection::{Rejection, RejectionKind};
+    use crate::rejection::RejectionKind;
     use bytes::Bytes;
 
     fn status(code: u16) -> Response<Bytes> {
@@ -188,6 +187,21 @@ mod tests {
             assert!(ResponseHead::from(&res).is_about_upstream(), "{kind:?}");
         }
         assert!(ResponseHead::from(&status(500)).is_about_upstream());
+    }
+
+    #[test]
+    fn a_clients_fault_says_nothing_about_the_upstream() {
+        for kind in [
+            RejectionKind::BadRequest,
+            RejectionKind::RequestTimeout,
+            RejectionKind::ClientClosedRequest,
+        ] {
+            assert_eq!(kind.fault(), Fault::Client);
+            let res: Response<Bytes> = Rejection::new(kind).into_response();
+            let head = ResponseHead::from(&res);
+            assert!(!head.is_about_upstream(), "{kind:?}");
+            assert!(!ServerErrors.is_failure(&head), "{kind:?}");
+        }
     }
 
     #[test]

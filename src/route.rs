@@ -50,8 +50,10 @@
 //!
 //! # Rejections
 //! - `404 Not Found`, kind [`RejectionKind::NotFound`]: no route matches.
+//! - `405 Method Not Allowed`, kind [`RejectionKind::MethodNotAllowed`], with `Allow`: a
+//!   `CONNECT`, whatever its target ([`Rejection::connect_refused`]).
 //! - `400 Bad Request`, kind [`RejectionKind::BadRequest`]: a `..` segment in the path, or a
-//!   request target that is not a path (`CONNECT host:port`, `OPTIONS *`).
+//!   request target that is not a path (`OPTIONS *`).
 
 use std::fmt;
 use std::future::Future;
@@ -365,9 +367,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        if req.method() == Method::CONNECT {
+            let rejection = Rejection::connect_refused().for_request(&req);
+            self.refused(&req, &rejection);
+            return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
+        }
         let path = req.uri().path();
         if !path.starts_with('/') {
-            // Authority form (CONNECT) or asterisk form (`OPTIONS *`): nothing to route.
+            // Authority form or asterisk form (`OPTIONS *`): nothing to route.
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request target must be an absolute path")
                 .for_request(&req);

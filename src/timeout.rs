@@ -1,14 +1,23 @@
 //! Answers 504 when the inner service has not produced a response head in time.
 //!
-//! [`TimeoutLayer`] bounds how long the inner service's future may go without progress
-//! before it resolves, which for the proxy is the moment the upstream's response head
-//! arrives. It never cuts a body that is flowing, in either direction:
-//! - while the request body streams, every frame the inner service reads restarts the
-//!   clock, so a long upload is cut only if it stalls for the whole timeout; after its last
-//!   frame, the upstream has the timeout to answer. The inner service sees the body wrapped
-//!   in a [`RequestBody`], which passes every frame through unchanged and notes the time.
-//!   A request without a body costs nothing of this;
-//! - the clock stops when the response head arrives, so a long download is never cut.
+//! [`TimeoutLayer`] measures the upstream: how long the inner service's future takes to
+//! resolve (for the proxy, until the upstream's response head arrives) once the request is
+//! complete. It never cuts a body that is flowing, in either direction, and never blames the
+//! upstream for a slow client:
+//! - the clock starts when the request body is complete (at once for a request without
+//!   one): from then on the upstream has the timeout to answer;
+//! - while the inner service waits on the client for the next frame, the clock does not run:
+//!   that is the client's time, which the proxy's
+//!   [request-body timeout](crate::proxy::ProxyService::request_body_timeout) judges (`408`);
+//! - while the body is still to come but the inner service is not reading it (the upstream
+//!   is slow to accept or to read it), the clock runs from the body's last frame, so an
+//!   upstream that stops reading gets its `504`;
+//! - the clock stops when the response head arrives, so a long download (or upload after
+//!   an early answer) is never cut.
+//!
+//! The inner service sees the body wrapped in a [`RequestBody`], which passes every frame
+//! through unchanged and notes where the body is. A request without a body costs nothing
+//! of this.
 //!
 //! When the time runs out the inner future is dropped, which for the proxy cancels the
 //! upstream request, and the answer is a `504` [`Rejection`] of kind
@@ -134,36 +143,49 @@ impl<S, R> Timeout<S, R> {
     inner_accessors!();
 }
 
-/// When the request body last made progress, for the deadline: its last frame plus the
-/// timeout. Written by the body (whichever task polls it), read when the timer fires.
+/// Where the request body is, for the deadline. Written by the body (whichever task polls
+/// it), read when the timer fires: one word, `nanos << 2 | flags`, the nanoseconds from
+/// `start` to the body's last progress.
 struct Upload {
     start: Instant,
-    /// Nanoseconds from `start` to the last frame.
-    progress: AtomicU64,
+    state: AtomicU64,
 }
+
+/// The inner service is waiting on the client for the next frame: the client's time, which
+/// this layer does not judge (the proxy's request-body timeout does).
+const WAITING: u64 = 1;
+/// The body is complete: the upstream's time runs from its end.
+const DONE: u64 = 2;
 
 impl Upload {
     fn new() -> Self {
         Self {
             start: Instant::now(),
-            progress: AtomicU64::new(0),
+            state: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.progress.store(nanos, Ordering::Relaxed);
+    fn progress(&self, flags: u64) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX >> 2);
+        self.state.store(nanos << 2 | flags, Ordering::Relaxed);
     }
 
-    fn deadline(&self, timeout: Duration) -> Instant {
-        self.start + Duration::from_nanos(self.progress.load(Ordering::Relaxed)) + timeout
+    fn waiting(&self) {
+        self.state.fetch_or(WAITING, Ordering::Relaxed);
+    }
+
+    /// When the upstream's time runs out, or `None` while the client is awaited.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let state = self.state.load(Ordering::Relaxed);
+        (state & WAITING == 0).then(|| self.start + Duration::from_nanos(state >> 2) + timeout)
     }
 }
 
 pin_project! {
     /// The request body as the service behind a [`TimeoutLayer`] sees it: the client's body,
-    /// every frame, size hint and end unchanged, noting when each frame passes so that the
-    /// timeout never cuts an upload that is still flowing.
+    /// every frame, size hint and end unchanged, noting when each frame passes, when the
+    /// service waits on the client and when the body ends, so that the timeout measures
+    /// the upstream only.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
@@ -195,11 +217,13 @@ impl<B: Body> Body for RequestBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if frame.is_ready() {
-            if let Some(upload) = this.upload {
-                upload.touch();
+        let mut this = self.project();
+        let frame = this.inner.as_mut().poll_frame(cx);
+        if let Some(upload) = this.upload {
+            match &frame {
+                Poll::Pending => upload.waiting(),
+                Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => upload.progress(0),
+                Poll::Ready(_) => upload.progress(DONE),
             }
         }
         frame
@@ -288,13 +312,15 @@ where
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // Time is up, unless the request body moved since the timer was set.
+            // Time is up, unless the request body moved since the timer was set, or the
+            // client is still sending it (then look again in a while).
             match this
                 .upload
                 .as_ref()
                 .map(|upload| upload.deadline(*this.timeout))
             {
-                Some(deadline) if deadline > this.sleep.deadline() => {
+                Some(None) => this.sleep.as_mut().reset(Instant::now() + *this.timeout),
+                Some(Some(deadline)) if deadline > this.sleep.deadline() => {
                     this.sleep.as_mut().reset(deadline);
                 }
                 _ => break,
@@ -444,6 +470,30 @@ mod tests {
             32
         );
         assert_eq!(started.elapsed(), Duration::from_millis(4900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_slower_than_the_timeout_is_not_the_upstreams_fault() {
+        // Three frames 3 s apart under a 1 s timeout: the client's time is not judged here.
+        let started = Instant::now();
+        let res = reader(Duration::from_millis(900))
+            .oneshot(Request::new(trickle(3, Duration::from_secs(3))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(started.elapsed(), Duration::from_millis(9900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_runs_from_the_end_of_the_body() {
+        // The body is done after 9 s; the upstream then takes 1.5 s: 504 at 10 s.
+        let started = Instant::now();
+        let res = reader(Duration::from_millis(1500))
+            .oneshot(Request::new(trickle(3, Duration::from_secs(3))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

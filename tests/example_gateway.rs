@@ -318,9 +318,9 @@ fn bad_configs_exit_with_one_line_naming_the_key() {
             "routes[0].rate_limit.requests: must be greater than zero",
         ),
         (
-            "zero-retries",
-            format!("{route}[routes.retry]\nmax_retries = 0\n"),
-            "routes[0].retry.max_retries: must be greater than zero",
+            "zero-body-timeout",
+            "[server]\nrequest_body_timeout = \"0s\"\n".to_owned(),
+            "server.request_body_timeout: must be greater than zero",
         ),
         (
             "admin-listen",

@@ -618,10 +618,14 @@ async fn auth_in_the_gateway_runs_after_routing_and_opens_anonymous_sub_paths() 
 async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
     use futures_util::StreamExt as _;
     let (up, _rec) = upstream::start(false).await;
-    let gw = serve(Gateway::builder().route(
-        "/api",
-        Route::to([url(up)]).timeout(Duration::from_millis(600)),
-    ))
+    let gw = serve(
+        Gateway::builder()
+            .request_body_timeout(Duration::from_millis(1000))
+            .route(
+                "/api",
+                Route::to([url(up)]).timeout(Duration::from_millis(600)),
+            ),
+    )
     .await;
     // Ten chunks, 150 ms apart: 1.5 s of upload under a 600 ms timeout.
     let chunks = futures_util::stream::unfold(0u64, |sent| async move {
@@ -659,7 +663,8 @@ async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
         (Some(1000), Some(expected))
     );
 
-    // A stalled upload is still cut: one chunk, then nothing.
+    // A stalled upload is cut after the request-body timeout, as the client's fault: one
+    // chunk, then nothing gets a 408, never a 504.
     let stalled = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
         Bytes::from_static(b"x"),
     ))])
@@ -677,7 +682,10 @@ async fn a_slow_upload_that_keeps_flowing_outlives_the_timeout() {
         .await
         .expect("the gateway answers a stalled upload")
         .unwrap();
-    assert_eq!(res.status(), 504);
+    assert_eq!(res.status(), 408);
+    let problem: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(problem["status"], 408);
 }
 
 #[tokio::test]
@@ -715,4 +723,35 @@ async fn a_slow_download_that_keeps_flowing_outlives_the_timeout() {
         "the upstream stream is cancelled",
     )
     .await;
+}
+
+#[tokio::test]
+async fn connect_gets_405_and_never_reaches_the_upstream() {
+    let (gw, _, rec) = one_route().await;
+    for target in ["/api/tunnel", "127.0.0.1:22", "/nowhere"] {
+        let head = format!("CONNECT {target} HTTP/1.1\nHost: gw.test\nConnection: close");
+        let res = raw_request(gw, &head, b"").await;
+        assert_eq!(res.status, 405, "CONNECT {target}: {res:?}");
+        assert_eq!(
+            res.headers["allow"],
+            "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"
+        );
+        assert_eq!(problem(&res)["status"], 405);
+    }
+    assert!(rec.requests().is_empty(), "no CONNECT went upstream");
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_forwarded_host() {
+    let (gw, _, _) = one_route().await;
+    // The target says real.example; the Host line says otherwise (RFC 9112 §3.2.2).
+    let res = get(gw, "http://real.example:8080/api/echo?x=1", "").await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-host"][0], "real.example:8080");
+    assert_eq!(seen["uri"], "/echo?x=1");
+    // In origin form the Host line is the client's host, as before.
+    let res = get(gw, "/api/echo", "").await;
+    let seen: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-host"][0], "gw.test");
 }

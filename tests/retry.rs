@@ -385,6 +385,19 @@ base_delay = "5ms"
 }
 
 #[tokio::test]
+async fn max_retries_zero_in_a_config_file_is_no_retry() {
+    let up = Upstream::always(502).await;
+    let config = Config::from_toml_str(&format!(
+        "[[routes]]\nprefix = \"/api\"\nupstreams = [\"{}\"]\n\n[routes.retry]\nmax_retries = 0\n",
+        up.url()
+    ))
+    .unwrap();
+    let gw = serve_gateway(config.gateway_builder().unwrap()).await;
+    assert_eq!(get(gw, "/api/thing").await.status, 502);
+    assert_eq!(up.hits(), 1, "a GET to a failing upstream, tried once");
+}
+
+#[tokio::test]
 async fn a_route_without_retry_tries_once() {
     let up = Upstream::always(500).await;
     let gw = serve_gateway(Gateway::builder().route("/api", Route::to([up.url()]))).await;

@@ -308,6 +308,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         ready.store(true, Ordering::SeqCst);
         Server::new()
             .shutdown_grace(config.server.shutdown_grace)
+            .header_read_timeout(config.server.header_read_timeout)
+            .idle_timeout(config.server.idle_timeout)
             .serve(listener, gateway, shutdown)
             .await?;
         tracing::info!("stopped");
@@ -403,13 +405,21 @@ fn watch_config(
                         "reloaded {} ({why})",
                         path.display()
                     );
-                    if config.server.listen != running.server.listen
-                        || config.server.shutdown_grace != running.server.shutdown_grace
+                    let server = |c: &Config| {
+                        let s = &c.server;
+                        (
+                            s.listen,
+                            s.shutdown_grace,
+                            s.header_read_timeout,
+                            s.idle_timeout,
+                        )
+                    };
+                    if server(&config) != server(&running)
                         || config.admin.as_ref().map(|a| a.listen)
                             != running.admin.as_ref().map(|a| a.listen)
                     {
                         tracing::warn!(
-                            "[server] and [admin] changes take effect only after a restart"
+                            "[server] changes (but request_body_timeout and trusted_proxies) and [admin] changes take effect only after a restart"
                         );
                     }
                     running = config;

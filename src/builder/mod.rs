@@ -78,7 +78,9 @@ use crate::classify::SharedClassifier;
 use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_ID};
 use crate::forwarded::TrustedProxies;
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
-use crate::proxy::{ProxyClient, ProxyClientBuilder, ProxyService, UpstreamError};
+use crate::proxy::{
+    DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService, UpstreamError,
+};
 use crate::rate_limit::{
     ClientId, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
 };
@@ -177,6 +179,7 @@ pub struct GatewayBuilder<B = Incoming> {
     trusted: TrustedProxies,
     correlation_header: HeaderName,
     client: ProxyClientBuilder,
+    request_body_timeout: Option<Duration>,
     #[cfg(feature = "redis")]
     shared_limits: Option<crate::rate_limit::redis::RedisBackend>,
     /// The state of the gateway this one replaces, to carry over.
@@ -191,6 +194,7 @@ impl<B> fmt::Debug for GatewayBuilder<B> {
             .field("auth_header", &self.auth_header)
             .field("trusted", &self.trusted)
             .field("correlation_header", &self.correlation_header)
+            .field("request_body_timeout", &self.request_body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +242,15 @@ where
     /// Every route of the gateway shares the one client and its connection pool.
     pub fn client(mut self, settings: ProxyClientBuilder) -> Self {
         self.client = settings;
+        self
+    }
+
+    /// How long a request body may send nothing while the gateway waits for it, before the
+    /// response head (default 30 s; `None`: no limit). A body that stalls that long gets
+    /// `408` and is the client's fault: it never counts against the upstream. See
+    /// [`ProxyService::request_body_timeout`].
+    pub fn request_body_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.request_body_timeout = timeout.into();
         self
     }
 
@@ -328,7 +341,12 @@ where
     ) -> Result<RouteService<B>, BuildError> {
         let upstreams = stages::check(prefix, route)?;
         let observe = Observer::for_route(prefix);
-        let proxy = observe.proxy(stages::proxy(client, upstreams, &self.trusted));
+        let proxy = observe.proxy(stages::proxy(
+            client,
+            upstreams,
+            &self.trusted,
+            self.request_body_timeout,
+        ));
         let timeout = stages::timeout(route).layer(proxy);
         let retry = observe.retry(stages::retry(route)).layer(timeout);
         let admitted = observe
@@ -416,6 +434,7 @@ where
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
             client: ProxyClientBuilder::new(),
+            request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
             #[cfg(feature = "redis")]
             shared_limits: None,
             previous: None,

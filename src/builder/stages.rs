@@ -4,6 +4,7 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -76,12 +77,15 @@ pub(super) fn proxy<B>(
     client: &GatewayClient<B>,
     upstreams: Vec<Upstream>,
     trusted: &TrustedProxies,
+    request_body_timeout: Option<Duration>,
 ) -> ProxyService<ForwardedBody<B>>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    ProxyService::new(client.clone(), upstreams).trusted_proxies(trusted.clone())
+    ProxyService::new(client.clone(), upstreams)
+        .trusted_proxies(trusted.clone())
+        .request_body_timeout(request_body_timeout)
 }
 
 /// The per-attempt timeout, until the response head.

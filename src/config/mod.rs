@@ -93,6 +93,7 @@ impl Config {
     /// the gateway builder itself ([`GatewayBuilder::check`]), whose error this maps to the
     /// key path; only what the builder cannot know (the file's own rules) is checked here.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
@@ -143,7 +144,9 @@ impl Config {
         // Never a gateway without something the file asks for, validated or not.
         self.check_supported()?;
         let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
-        let mut builder = Gateway::builder().trusted_proxies(trusted);
+        let mut builder = Gateway::builder()
+            .trusted_proxies(trusted)
+            .request_body_timeout(self.server.request_body_timeout);
         if let Some(auth) = &self.auth {
             builder = builder
                 .auth(auth.key_set()?)
@@ -279,6 +282,9 @@ mod tests {
 listen = "127.0.0.1:5050"
 shutdown_grace = "30s"
 trusted_proxies = []              # CIDRs whose X-Forwarded-For may name the client
+header_read_timeout = "10s"       # a request head must arrive within this
+idle_timeout = "60s"              # a keep-alive connection with no request in flight closes after this
+request_body_timeout = "30s"      # a request body that sends nothing this long: 408
 
 [auth]                            # optional; absent = no auth anywhere
 header = "x-api-key"              # default
@@ -429,6 +435,18 @@ base_delay = "100ms"
         assert_eq!(config.server.listen, "127.0.0.1:5050".parse().unwrap());
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
         assert!(config.server.trusted_proxies.is_empty());
+        assert_eq!(
+            (
+                config.server.header_read_timeout,
+                config.server.idle_timeout,
+                config.server.request_body_timeout
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(30)
+            )
+        );
         let route = &config.routes[0];
         assert!(route.strip_prefix);
         assert_eq!(route.timeout, Duration::from_secs(30));
@@ -452,9 +470,13 @@ base_delay = "100ms"
     fn server_values_parse() {
         let config = Config::from_toml_str(&format!(
             "[server]\nlisten = \"0.0.0.0:8080\"\nshutdown_grace = \"1m 30s\"\n\
-             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{ROUTE}"
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nheader_read_timeout = \"5s\"\n\
+             idle_timeout = \"2m\"\nrequest_body_timeout = \"15s\"\n{ROUTE}"
         ))
         .unwrap();
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.server.request_body_timeout, Duration::from_secs(15));
         assert_eq!(config.server.listen.port(), 8080);
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(90));
         assert_eq!(
@@ -464,6 +486,14 @@ base_delay = "100ms"
                 "::1/128".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn no_retries_is_a_valid_setting() {
+        let config =
+            Config::from_toml_str(&format!("{ROUTE}[routes.retry]\nmax_retries = 0\n")).unwrap();
+        assert_eq!(config.routes[0].retry.as_ref().unwrap().max_retries, 0);
+        assert!(config.gateway_builder::<hyper::body::Incoming>().is_ok());
     }
 
     #[test]
@@ -603,8 +633,12 @@ base_delay = "100ms"
                 "admin.path: unknown field `path`",
             ),
             (
-                route("[routes.retry]\nmax_retries = 0"),
-                "routes[0].retry.max_retries: must be greater than zero",
+                "[server]\nrequest_body_timeout = \"0s\"\n".into(),
+                "server.request_body_timeout: must be greater than zero",
+            ),
+            (
+                "[server]\nidle_timeout = \"0s\"\n".into(),
+                "server.idle_timeout: must be greater than zero",
             ),
             (
                 route("[routes.retry]\nmax_retries = 11"),

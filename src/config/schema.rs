@@ -53,6 +53,21 @@ pub struct ServerConfig {
     /// Networks whose `X-Forwarded-*` headers are trusted: CIDRs, or bare IPs (default none).
     #[serde(default, deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a client may take to send a whole request head (default 10 s); then the
+    /// connection is closed.
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request in flight before it is
+    /// closed (default 60 s).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long a request body may send nothing while the gateway waits for it, before the
+    /// response head (default 30 s); then `408`, the client's fault.
+    #[serde(
+        default = "default_request_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,8 +76,37 @@ impl Default for ServerConfig {
             listen: default_listen(),
             shutdown_grace: default_grace(),
             trusted_proxies: Vec::new(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            request_body_timeout: default_request_body_timeout(),
         }
     }
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let zero = [
+            ("header_read_timeout", self.header_read_timeout.is_zero()),
+            ("idle_timeout", self.idle_timeout.is_zero()),
+            ("request_body_timeout", self.request_body_timeout.is_zero()),
+        ];
+        match first_set(&zero) {
+            Some(field) => Err(ConfigError::zero(format!("server.{field}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    crate::server::DEFAULT_HEADER_READ_TIMEOUT
+}
+
+fn default_idle_timeout() -> Duration {
+    crate::server::DEFAULT_IDLE_TIMEOUT
+}
+
+fn default_request_body_timeout() -> Duration {
+    crate::proxy::DEFAULT_REQUEST_BODY_TIMEOUT
 }
 
 /// `[auth]`: API-key authentication.
@@ -254,7 +298,7 @@ impl CircuitBreakerConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryConfig {
-    /// Extra attempts after the first (1 to 10).
+    /// Extra attempts after the first (0 to 10; 0 is no retry).
     pub max_retries: u32,
     /// The ceiling of the first wait, doubled on each retry; each wait is a random time up
     /// to its ceiling. Default 25ms.
@@ -429,16 +473,10 @@ impl RouteConfig {
     /// The file's own rules for a route; the gateway builder checks the rest
     /// ([`Config::validate`]).
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let zero = [
-            (
-                "rate_limit.window",
-                self.rate_limit.as_ref().is_some_and(|r| r.window.is_zero()),
-            ),
-            (
-                "retry.max_retries",
-                self.retry.as_ref().is_some_and(|r| r.max_retries == 0),
-            ),
-        ];
+        let zero = [(
+            "rate_limit.window",
+            self.rate_limit.as_ref().is_some_and(|r| r.window.is_zero()),
+        )];
         if let Some(field) = first_set(&zero) {
             return Err(ConfigError::zero(format!("{key}.{field}")));
         }

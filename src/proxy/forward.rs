@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 
 use crate::extensions::PeerAddr;
 use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR};
@@ -24,9 +25,13 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Rewrites `headers` for the upstream at `host` (its authority as a header value).
+/// `target_authority` is the authority of an absolute-form request target
+/// (`GET http://host/path`), which names the client's host in place of its `Host` line
+/// (RFC 9112 §3.2.2).
 pub(crate) fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: Option<PeerAddr>,
+    target_authority: Option<&Authority>,
     host: &HeaderValue,
     proto: &HeaderValue,
     trusted: &TrustedProxies,
@@ -39,8 +44,13 @@ pub(crate) fn set_forwarding_headers(
         headers.remove(X_REAL_IP);
     }
 
-    // The client's Host, before it is replaced by the upstream's.
-    let client_host = headers.insert(header::HOST, host.clone());
+    // The client's host, before its Host is replaced by the upstream's: an absolute-form
+    // target's authority wins over a Host line that says otherwise.
+    let host_line = headers.insert(header::HOST, host.clone());
+    let client_host = match target_authority {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok().or(host_line),
+        None => host_line,
+    };
     if !(trusted_peer && headers.contains_key(X_FORWARDED_HOST)) {
         match client_host {
             Some(client_host) => {
@@ -89,6 +99,7 @@ mod tests {
         set_forwarding_headers(
             &mut headers,
             Some(PeerAddr(peer.parse().unwrap())),
+            None,
             &HeaderValue::from_static("127.0.0.1:5051"),
             &HeaderValue::from_static("http"),
             trusted,
@@ -137,6 +148,23 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "public.example");
+    }
+
+    #[test]
+    fn an_absolute_form_target_names_the_host_over_a_conflicting_host_line() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "forged.example".parse().unwrap());
+        let target: http::Uri = "http://real.example:8080/path".parse().unwrap();
+        set_forwarding_headers(
+            &mut headers,
+            Some(PeerAddr("203.0.113.9:4000".parse().unwrap())),
+            target.authority(),
+            &HeaderValue::from_static("127.0.0.1:5051"),
+            &HeaderValue::from_static("http"),
+            &TrustedProxies::none(),
+        );
+        assert_eq!(headers["x-forwarded-host"], "real.example:8080");
+        assert_eq!(headers["host"], "127.0.0.1:5051");
     }
 
     #[test]

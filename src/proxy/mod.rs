@@ -14,8 +14,15 @@
 //!   `X-Forwarded-Host` are set, replacing the client's unless the peer is a
 //!   [trusted proxy](crate::forwarded::TrustedProxies). Hop-by-hop headers are the
 //!   [`HopByHopLayer`](crate::hop_by_hop::HopByHopLayer)'s job, outside.
-//! - **Failures**: an upstream that cannot be reached, or that breaks the exchange before its
-//!   response head, gets a `502` rejection with a [`ProxyError`] in the response extensions.
+//! - **Failures, and whose fault they are**: an upstream that cannot be reached, or that
+//!   breaks the exchange before its response head, gets a `502`. A client whose request body
+//!   breaks gets a `400` (bad chunk framing, or a body that ends before its
+//!   `Content-Length`), one whose body sends nothing for the
+//!   [request-body timeout](ProxyService::request_body_timeout) a `408`, and one that resets
+//!   or leaves a `499` that only metrics and logs see. Each carries a [`ProxyError`] in the
+//!   response extensions, whose [`fault`](ProxyError::fault) says whose it was: the
+//!   breaker, retry and metrics never count the client's against the upstream. Once the
+//!   response head has gone out, a body that breaks ends the exchange.
 //! - **Cancellation**: dropping the response future (the client hung up, or a timeout fired)
 //!   drops the upstream request, and the client closes that upstream connection.
 //! - **Upgrades**: when the client asks for an upgrade (a WebSocket) and the upstream answers
@@ -45,8 +52,17 @@
 //! - `502 Bad Gateway`, kind [`RejectionKind::BadGateway`](crate::rejection::RejectionKind::BadGateway):
 //!   the upstream could not be reached or broke the exchange.
 //! - `400 Bad Request`, kind [`RejectionKind::BadRequest`](crate::rejection::RejectionKind::BadRequest):
+//!   the request body is malformed or ended early.
+//! - `408 Request Timeout`, kind [`RejectionKind::RequestTimeout`](crate::rejection::RejectionKind::RequestTimeout):
+//!   the request body stalled.
+//! - `499`, kind [`RejectionKind::ClientClosedRequest`](crate::rejection::RejectionKind::ClientClosedRequest):
+//!   the client left mid-body (for metrics and logs; nobody reads it).
+//! - `400 Bad Request`, kind [`RejectionKind::BadRequest`](crate::rejection::RejectionKind::BadRequest):
 //!   a request target that cannot be made into an upstream URI.
+//! - `405 Method Not Allowed`, kind [`RejectionKind::MethodNotAllowed`](crate::rejection::RejectionKind::MethodNotAllowed):
+//!   a `CONNECT`, never sent upstream.
 
+mod body;
 mod error;
 mod forward;
 mod service;
@@ -55,6 +71,6 @@ mod upgrade;
 pub use error::ProxyError;
 pub use forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use service::{
-    Attempt, Balance, ProxyClient, ProxyClientBuilder, ProxyService, ResponseFuture, RoundRobin,
-    Upstream, UpstreamError,
+    Attempt, Balance, DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService,
+    ResponseFuture, RoundRobin, Upstream, UpstreamError,
 };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
@@ -21,19 +21,20 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use super::body::{HeadArrived, SentBody};
 use super::error::ProxyError;
 use super::forward::set_forwarding_headers;
 use super::upgrade;
 use crate::body::GatewayBody;
 use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
 use crate::forwarded::TrustedProxies;
-use crate::rejection::{Rejection, RejectionKind};
+use crate::rejection::{Fault, Rejection, RejectionKind};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with, for request bodies of type
 /// `B`. Cloning is a reference-count bump, and the clones share one connection pool: share
 /// one between proxies so that they share the pool.
 pub struct ProxyClient<B> {
-    client: Client<HttpConnector, B>,
+    client: Client<HttpConnector, SentBody<B>>,
 }
 
 impl<B> Clone for ProxyClient<B> {
@@ -52,8 +53,9 @@ impl<B> fmt::Debug for ProxyClient<B> {
 
 impl<B> ProxyClient<B>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     /// A client tuned for proxying, with [`ProxyClientBuilder`]'s defaults: `TCP_NODELAY`,
     /// a 5 s connect timeout, idle pooled connections kept 90 s. For other settings, build
@@ -65,8 +67,9 @@ where
 
 impl<B> Default for ProxyClient<B>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     fn default() -> Self {
         Self::new()
@@ -141,8 +144,9 @@ impl ProxyClientBuilder {
     /// A client with these settings and a pool of its own.
     pub fn build<B>(&self) -> ProxyClient<B>
     where
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
         B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -264,8 +268,12 @@ struct Inner<B, L> {
     balance: Arc<L>,
     trusted: TrustedProxies,
     proto: HeaderValue,
+    request_body_timeout: Option<Duration>,
     on_attempt: Option<AttemptHook>,
 }
+
+/// The default [request-body timeout](ProxyService::request_body_timeout): 30 s.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One upstream attempt as the proxy saw it, for [`ProxyService::on_attempt`].
 #[derive(Debug)]
@@ -290,6 +298,7 @@ impl<B, L> Clone for Inner<B, L> {
             balance: Arc::clone(&self.balance),
             trusted: self.trusted.clone(),
             proto: self.proto.clone(),
+            request_body_timeout: self.request_body_timeout,
             on_attempt: self.on_attempt.clone(),
         }
     }
@@ -376,6 +385,7 @@ impl<B, L: Balance> ProxyService<B, L> {
                 balance: Arc::new(balance),
                 trusted: TrustedProxies::none(),
                 proto: HeaderValue::from_static("http"),
+                request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
                 on_attempt: None,
             }),
         }
@@ -391,6 +401,17 @@ impl<B, L: Balance> ProxyService<B, L> {
     /// The `X-Forwarded-Proto` this hop sets (default `http`).
     pub fn forwarded_proto(mut self, proto: HeaderValue) -> Self {
         self.inner_mut().proto = proto;
+        self
+    }
+
+    /// How long the client's request body may send nothing while the proxy waits for it,
+    /// before the response head has arrived (default 30 s; `None`: no limit). A body that
+    /// stalls that long ends the exchange with `408`, the client's fault. The clock runs
+    /// only while the proxy is waiting on the client, never while the upstream is slow to
+    /// connect or to read, and stops once the response head has arrived, so a long-lived
+    /// stream stays up.
+    pub fn request_body_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.inner_mut().request_body_timeout = timeout.into();
         self
     }
 
@@ -428,6 +449,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if req.method() == Method::CONNECT {
+            // Never upstream: this is a reverse proxy, not a tunnel to anywhere.
+            return ResponseFuture::answer(
+                Rejection::connect_refused()
+                    .for_request(&req)
+                    .into_response(),
+            );
+        }
         let inner = &*self.inner;
         let index = inner.balance.pick(&inner.upstreams);
         let upstream = &inner.upstreams[index];
@@ -447,9 +476,12 @@ where
         if let Some(slot) = hand_back.filter(|_| client_upgrade.is_none()) {
             req = hand_back_parts(req, &slot);
         }
+        // Only an absolute-form target has one (origin form, nearly every request, has not).
+        let target_authority = req.uri().authority().cloned();
         set_forwarding_headers(
             req.headers_mut(),
             peer,
+            target_authority.as_ref(),
             &upstream.host,
             &inner.proto,
             &inner.trusted,
@@ -457,12 +489,20 @@ where
         *req.uri_mut() = uri;
         // HTTP/1.1 upstream whatever the client spoke, so the pooled connection stays alive.
         *req.version_mut() = Version::HTTP_11;
+        // Only a body still to come can stall.
+        let head = inner
+            .request_body_timeout
+            .filter(|_| !req.body().is_end_stream())
+            .map(|timeout| (timeout, Arc::new(HeadArrived::default())));
+        let head_arrived = head.as_ref().map(|(_, head)| Arc::clone(head));
+        let req = req.map(|body| SentBody::new(body, head));
         ResponseFuture {
             state: State::Forward {
                 timer: AttemptTimer::start(inner, index),
                 fut: inner.client.client.request(req),
                 client_upgrade,
                 correlation_id,
+                head_arrived,
             },
         }
     }
@@ -500,6 +540,7 @@ pin_project! {
             client_upgrade: Option<(OnUpgrade, UpgradeGuards)>,
             correlation_id: Option<CorrelationId>,
             timer: AttemptTimer,
+            head_arrived: Option<Arc<HeadArrived>>,
         },
         Answer { res: Option<Response<GatewayBody<Incoming>>> },
     }
@@ -532,9 +573,13 @@ impl Future for ResponseFuture {
                 client_upgrade,
                 correlation_id,
                 timer,
+                head_arrived,
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
+                    if let Some(head) = head_arrived {
+                        head.set();
+                    }
                     timer.stop(Ok(res.status()));
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let Some((client, guards)) = client_upgrade.take() else {
@@ -553,14 +598,14 @@ impl Future for ResponseFuture {
                 Poll::Ready(Err(error)) => {
                     let error = ProxyError::from_client(error);
                     timer.stop(Err(&error));
-                    tracing::debug!(%error, source = ?std::error::Error::source(&error), "upstream failed");
-                    let detail = if error.is_connect() {
-                        "the upstream could not be reached"
+                    let source = std::error::Error::source(&error);
+                    if error.fault() == Fault::Upstream {
+                        tracing::debug!(%error, ?source, "upstream failed");
                     } else {
-                        "the upstream connection failed before it answered"
-                    };
-                    let mut rejection =
-                        Rejection::new(RejectionKind::BadGateway).with_detail(detail);
+                        tracing::debug!(%error, ?source, "the client's request body failed");
+                    }
+                    let (kind, detail) = error.answer();
+                    let mut rejection = Rejection::new(kind).with_detail(detail);
                     if let Some(id) = correlation_id.take() {
                         rejection = rejection.with_correlation_id(id);
                     }

@@ -91,12 +91,21 @@ pub enum RejectionKind {
     Forbidden,
     /// 404: no route matches the path.
     NotFound,
+    /// 405: the method is not one the gateway forwards (`CONNECT`: a reverse proxy opens no
+    /// tunnels to arbitrary hosts). The answer says which are in `Allow`.
+    MethodNotAllowed,
+    /// 408: the request body sent nothing for the request-body timeout before the
+    /// response head arrived: the client stalled.
+    RequestTimeout,
     /// 429: the client is over its rate limit.
     RateLimited,
     /// 429: the route has too many requests in flight (bulkhead full).
     ConcurrencyLimited,
     /// 431: the request headers are too large or too many.
     RequestHeaderFieldsTooLarge,
+    /// 499 (nginx's "client closed request"): the client reset or left while its request
+    /// was being forwarded. Nobody reads this answer; it exists for metrics and logs.
+    ClientClosedRequest,
     /// 502: the upstream could not be reached or broke the exchange.
     BadGateway,
     /// 503: the route's circuit breaker is open.
@@ -148,6 +157,18 @@ impl RejectionKind {
                 "NotFound",
                 "no route matches the request path",
             ),
+            Self::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                "RequestTimeout",
+                "the request body stopped arriving",
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "MethodNotAllowed",
+                "the gateway does not forward this method",
+            ),
             Self::RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests",
@@ -165,6 +186,12 @@ impl RejectionKind {
                 "Request Header Fields Too Large",
                 "RequestHeaderFieldsTooLarge",
                 "the request headers are too large or too many",
+            ),
+            Self::ClientClosedRequest => (
+                CLIENT_CLOSED_REQUEST,
+                "Client Closed Request",
+                "ClientClosedRequest",
+                "the client closed the connection before the answer",
             ),
             Self::BadGateway => (
                 StatusCode::BAD_GATEWAY,
@@ -216,8 +243,29 @@ impl RejectionKind {
         self.info().3
     }
 
+    /// Whose fault this answer is: see [`Fault`].
+    pub fn fault(self) -> Fault {
+        match self {
+            Self::BadRequest
+            | Self::Unauthorized
+            | Self::Forbidden
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::RequestTimeout
+            | Self::RateLimited
+            | Self::RequestHeaderFieldsTooLarge
+            | Self::ClientClosedRequest => Fault::Client,
+            Self::BadGateway | Self::GatewayTimeout => Fault::Upstream,
+            Self::Other(status) if status.is_client_error() => Fault::Client,
+            Self::ConcurrencyLimited
+            | Self::CircuitOpen
+            | Self::ServiceUnavailable
+            | Self::Other(_) => Fault::Gateway,
+        }
+    }
+
     /// Every value [`reason`](Self::reason) takes.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 13] = [
         "bad_request",
         "auth",
         "no_route",
@@ -228,12 +276,17 @@ impl RejectionKind {
         "circuit_breaker",
         "timeout",
         "other",
+        "request_body_timeout",
+        "client_closed",
+        "method_not_allowed",
     ];
 
     /// Why the gateway answered, in the words of metrics and logs: `auth` (401 and 403),
     /// `rate_limit`, `bulkhead`, `circuit_breaker`, `timeout`, `upstream` (502 and 503
-    /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`, and
-    /// `other` for [`Other`](Self::Other).
+    /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`,
+    /// `request_body_timeout` (408), `client_closed` (499), `method_not_allowed` (405),
+    /// and `other` for
+    /// [`Other`](Self::Other).
     pub const fn reason(self) -> &'static str {
         Self::REASONS[self.reason_index()]
     }
@@ -250,6 +303,9 @@ impl RejectionKind {
             Self::CircuitOpen => 7,
             Self::GatewayTimeout => 8,
             Self::Other(_) => 9,
+            Self::RequestTimeout => 10,
+            Self::ClientClosedRequest => 11,
+            Self::MethodNotAllowed => 12,
         }
     }
 }
@@ -333,6 +389,34 @@ impl RequestContext {
         })
     }
 }
+
+/// Whose fault a failure is, so that only the upstream's count against the upstream.
+///
+/// The circuit breaker, retry, the retry budget, endpoint health, metrics and logs read it
+/// from [`RejectionKind::fault`] (every answer the gateway makes) or from the proxy's
+/// [`ProxyError`](crate::proxy::ProxyError). A client's broken request must never open a
+/// breaker that then refuses every other client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The client's: a malformed, cut-short or stalled request, a client that left, or a
+    /// refusal of this client (auth, its rate limit, no route).
+    Client,
+    /// The upstream's: it could not be reached, broke the exchange or answered too slowly.
+    Upstream,
+    /// The gateway's own state or capacity (a full bulkhead, an open breaker, a store that
+    /// is down), or a layer of yours that refuses with a 5xx.
+    Gateway,
+}
+
+/// What the `Allow` of a refused `CONNECT` lists: every method the gateway forwards.
+const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
+/// 499, nginx's "client closed request".
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a valid status code"),
+};
 
 const TYPE_URI_BASE: &str =
     "https://docs.rs/tower-gateway/latest/tower_gateway/rejection/enum.RejectionKind.html#variant.";
@@ -432,6 +516,19 @@ impl Rejection {
     /// What kind of rejection this is.
     pub fn kind(&self) -> RejectionKind {
         self.kind
+    }
+
+    /// Whose fault it is: [`RejectionKind::fault`].
+    pub fn fault(&self) -> Fault {
+        self.kind.fault()
+    }
+
+    /// The gateway's refusal of a `CONNECT` (`405`, with `Allow`): a reverse proxy forwards
+    /// requests for paths, it opens no tunnels to other hosts.
+    pub fn connect_refused() -> Self {
+        Self::new(RejectionKind::MethodNotAllowed)
+            .with_detail("the gateway does not forward CONNECT")
+            .with_header(header::ALLOW, HeaderValue::from_static(FORWARDED_METHODS))
     }
 
     /// The status code of the answer.

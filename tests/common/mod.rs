@@ -84,7 +84,7 @@ pub async fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> RawRespon
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> RawResponse {
+pub fn parse_response(raw: &[u8]) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -7,14 +7,22 @@
 //!   (default 100) get `431`, a malformed request line or header gets `400`, both from hyper
 //!   before a request exists (so with an empty body), and the connection is closed;
 //! - a client that has not sent a whole request head within
-//!   [`header_read_timeout`](Server::header_read_timeout) (default 10 s) is disconnected,
-//!   which also bounds idle keep-alive connections;
+//!   [`header_read_timeout`](Server::header_read_timeout) (default 10 s) of its first byte
+//!   (or of connecting) is disconnected;
+//! - a keep-alive connection with no request in flight is closed after
+//!   [`idle_timeout`](Server::idle_timeout) (default 60 s), on a clock of its own (hyper's
+//!   one timer would close it after the header-read timeout);
 //! - keep-alive is on, and HTTP upgrades (WebSocket) are supported;
 //! - every request gets the client's address as a [`PeerAddr`] extension.
 //!
+//! A request body that stalls is the proxy's to judge
+//! ([`request_body_timeout`](crate::proxy::ProxyService::request_body_timeout)): the server
+//! cannot tell an upload the proxy is not reading yet from one the client stopped sending.
+//!
 //! When `shutdown` completes the server stops accepting, asks every connection to close
 //! after its in-flight request, waits up to [`shutdown_grace`](Server::shutdown_grace) for
-//! them, and returns.
+//! them, and returns. Upgraded connections (WebSocket tunnels) are part of the drain: they
+//! keep running for the grace period, then the server closes them.
 //!
 //! # Example
 //! ```no_run
@@ -35,8 +43,10 @@
 //! ```
 //!
 //! Embedding the gateway in a server of your own? Set the same limits on hyper's
-//! `http1::Builder` (`max_header_size`, `max_headers`, `header_read_timeout` with a timer)
-//! and insert [`PeerAddr`] into each request.
+//! `http1::Builder` (`max_header_size`, `max_headers`, `header_read_timeout` with a timer,
+//! which there also bounds idle connections) and insert [`PeerAddr`] into each request.
+
+mod conn;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,9 +64,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
+use self::conn::{Clocks, ConnIo, Served, Shared};
 use crate::extensions::PeerAddr;
+
+/// The default [header-read timeout](Server::header_read_timeout): 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [idle timeout](Server::idle_timeout): 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The hardened HTTP/1.1 server; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -64,7 +80,7 @@ use crate::extensions::PeerAddr;
 pub struct Server {
     max_header_bytes: usize,
     max_headers: usize,
-    header_read_timeout: Duration,
+    clocks: Clocks,
     shutdown_grace: Duration,
 }
 
@@ -75,12 +91,16 @@ impl Default for Server {
 }
 
 impl Server {
-    /// 64 KiB and 100 header fields at most, 10 s to send a request head, 30 s of grace.
+    /// 64 KiB and 100 header fields at most, 10 s to send a request head, idle connections
+    /// closed after 60 s, 30 s of grace.
     pub fn new() -> Self {
         Self {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
+            clocks: Clocks {
+                header_read: DEFAULT_HEADER_READ_TIMEOUT,
+                idle: DEFAULT_IDLE_TIMEOUT,
+            },
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -97,9 +117,18 @@ impl Server {
         self
     }
 
-    /// How long a client may take to send a whole request head.
+    /// How long a client may take to send a whole request head, from its first byte (or
+    /// from connecting, for the first request); then the connection is closed (default
+    /// 10 s).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+        self.clocks.header_read = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may sit with no request in flight and no byte of
+    /// the next one; then it is closed quietly (default 60 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.clocks.idle = timeout;
         self
     }
 
@@ -132,7 +161,8 @@ impl Server {
             .max_header_size(self.max_header_bytes)
             .max_buf_size(self.max_header_bytes.max(8192) + 8192)
             .max_headers(self.max_headers)
-            .header_read_timeout(self.header_read_timeout);
+            // The connection's own clocks take its place (see `conn`).
+            .header_read_timeout(None);
 
         // Each connection has its own drain signal, registered here before it is spawned (so
         // none is missed) and polled only by its own task: no lock shared between
@@ -161,6 +191,7 @@ impl Server {
                 peer,
                 service.clone(),
                 open,
+                (self.clocks, self.shutdown_grace),
             ));
         }
         drop(listener);
@@ -225,6 +256,7 @@ async fn serve_connection<S, B>(
     peer: SocketAddr,
     service: S,
     mut open: Open,
+    (clocks, grace): (Clocks, Duration),
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -235,28 +267,48 @@ async fn serve_connection<S, B>(
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    let service = service.map_request(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        req
-    });
+    let shared = Arc::new(Shared::default());
+    let (done, mut socket_closed) = oneshot::channel();
+    let io = ConnIo::new(stream, Arc::clone(&shared), clocks, done);
+    let service = Served::new(service, PeerAddr(peer), Arc::clone(&shared));
     let conn = http
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);
-    let drain = open
+    let mut drain = open
         .drain
         .take()
         .expect("a new connection has its drain signal");
+    let mut draining = false;
     let result = tokio::select! {
         biased;
         result = conn.as_mut() => result,
-        _ = drain => {
+        _ = &mut drain => {
+            draining = true;
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
-    drop(open);
     if let Err(error) = result {
         tracing::debug!(%error, %peer, "connection ended with an error");
     }
+    if shared.is_upgraded() {
+        // A tunnel owns the socket now: it stays counted until it ends, and the drain
+        // gives it the grace period, then closes it.
+        if !draining {
+            tokio::select! {
+                _ = &mut socket_closed => return,
+                _ = &mut drain => {}
+            }
+        }
+        tokio::select! {
+            _ = &mut socket_closed => {}
+            () = tokio::time::sleep(grace) => {
+                shared.close();
+                let _ = socket_closed.await;
+                tracing::debug!(%peer, "tunnel closed at the end of the shutdown grace");
+            }
+        }
+    }
+    drop(open);
 }

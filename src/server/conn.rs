@@ -1,0 +1,423 @@
+//! One connection's clocks and state: the header-read and idle timeouts, the requests in
+//! flight, and the close of an upgraded tunnel at the end of the drain.
+//!
+//! hyper's HTTP/1 server has one timer, `header_read_timeout`, which runs whenever it waits
+//! for a request head, so it also closes a keep-alive connection that is merely idle. Here
+//! each has its own clock, kept by [`ConnIo`], the socket as hyper sees it:
+//! - **head**: from a new connection, or from the first byte of the next request, until
+//!   the request head is complete: [`Server::header_read_timeout`](super::Server::header_read_timeout),
+//!   after which the connection is closed (a slow-headers client);
+//! - **busy**: a request is in flight (from its head until its response body is done): no
+//!   clock here, the request's own timeouts apply;
+//! - **idle**: no request in flight and no byte of the next one: after
+//!   [`Server::idle_timeout`](super::Server::idle_timeout) the connection is closed quietly;
+//! - **tunnel**: the connection was upgraded (a WebSocket): no clock; the drain closes it
+//!   once the shutdown grace is over.
+//!
+//! The clocks cost no timer operation per request: one timer per connection stays armed
+//! at most the shorter of the two timeouts ahead, and when it fires it is moved to the real
+//! deadline of the state the connection is in by then.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use crate::extensions::PeerAddr;
+
+/// What the connection's socket and its requests share.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Requests called so far.
+    calls: AtomicU64,
+    /// Requests whose response body is not done yet.
+    in_flight: AtomicUsize,
+    /// A response switched protocols: the socket belongs to a tunnel now.
+    upgraded: AtomicBool,
+    /// The drain is over: a tunnel's reads and writes fail from now on.
+    closing: AtomicBool,
+    /// The tunnel's task, to wake for the close (kept in tunnel mode only).
+    tunnel_waker: Mutex<Option<Waker>>,
+}
+
+impl Shared {
+    pub(super) fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Ends the tunnel: its next read or write fails, and its task is woken for it.
+    pub(super) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        let waker = self
+            .tunnel_waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn closed_error(&self) -> Option<io::Error> {
+        self.closing.load(Ordering::Acquire).then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the tunnel at the end of its shutdown grace",
+            )
+        })
+    }
+}
+
+/// The two clocks' lengths.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clocks {
+    pub(super) header_read: Duration,
+    pub(super) idle: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a request head that has begun (or for the first one), since then.
+    Head(Instant),
+    Busy,
+    /// No request in flight, since then.
+    Idle(Instant),
+    Tunnel,
+}
+
+/// The connection's socket, with its clocks; see the [module docs](self).
+#[derive(Debug)]
+pub(super) struct ConnIo {
+    inner: TcpStream,
+    shared: Arc<Shared>,
+    clocks: Clocks,
+    state: State,
+    /// `shared.calls` when the state was last looked at.
+    seen_calls: u64,
+    /// Armed no later than the current state's deadline.
+    timer: Pin<Box<Sleep>>,
+    /// Dropped with the socket, which tells the server that a tunnel has ended.
+    _done: oneshot::Sender<()>,
+}
+
+impl ConnIo {
+    pub(super) fn new(
+        inner: TcpStream,
+        shared: Arc<Shared>,
+        clocks: Clocks,
+        done: oneshot::Sender<()>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            shared,
+            clocks,
+            state: State::Head(now),
+            seen_calls: 0,
+            timer: Box::pin(tokio::time::sleep_until(now + clocks.header_read)),
+            _done: done,
+        }
+    }
+
+    /// The current state, from what the requests did since the last look.
+    fn update(&mut self) {
+        if self.state == State::Tunnel {
+            return;
+        }
+        if self.shared.is_upgraded() {
+            self.state = State::Tunnel;
+            return;
+        }
+        let calls = self.shared.calls.load(Ordering::Relaxed);
+        if self.shared.in_flight.load(Ordering::Relaxed) > 0 {
+            self.state = State::Busy;
+        } else if calls != self.seen_calls || self.state == State::Busy {
+            self.state = State::Idle(Instant::now());
+            self.rearm_if_elapsed();
+        }
+        self.seen_calls = calls;
+    }
+
+    /// Keeps the timer armed in the future and no later than any deadline the connection
+    /// can reach from now: those are at least the shorter timeout away.
+    fn rearm_if_elapsed(&mut self) {
+        let now = Instant::now();
+        if self.timer.deadline() <= now {
+            let step = self.clocks.header_read.min(self.clocks.idle);
+            self.timer.as_mut().reset(now + step);
+        }
+    }
+
+    /// The current state's deadline, and whether its end is an error (a head cut short)
+    /// rather than a quiet close (an idle connection).
+    fn deadline(&self) -> Option<(Instant, bool)> {
+        match self.state {
+            State::Head(since) => Some((since + self.clocks.header_read, true)),
+            State::Idle(since) => Some((since + self.clocks.idle, false)),
+            State::Busy | State::Tunnel => None,
+        }
+    }
+
+    /// Polls the timer; `Some` when the current state's time is up.
+    fn poll_clock(&mut self, cx: &mut Context<'_>) -> Option<io::Result<()>> {
+        let (deadline, is_error) = self.deadline()?;
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Some(if is_error {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete request head within the header-read timeout",
+                    ))
+                } else {
+                    Ok(())
+                });
+            }
+            let step = self.clocks.header_read.min(self.clocks.idle);
+            self.timer.as_mut().reset(deadline.min(now + step));
+        }
+        None
+    }
+
+    fn poll_tunnel_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(error) = self.shared.closed_error() {
+            return Poll::Ready(Err(error));
+        }
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if read.is_pending() {
+            *self
+                .shared
+                .tunnel_waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cx.waker().clone());
+            // A close between the first look and the waker's registration.
+            if let Some(error) = self.shared.closed_error() {
+                return Poll::Ready(Err(error));
+            }
+        }
+        read
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.update();
+        if this.state == State::Tunnel {
+            return this.poll_tunnel_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if let State::Idle(_) = this.state {
+                    // The first byte of the next request: its head has the header-read
+                    // timeout, which the armed timer cannot be later than.
+                    this.state = State::Head(Instant::now());
+                }
+                read
+            }
+            Poll::Pending => match this.poll_clock(cx) {
+                // An idle connection ends as if the client had closed it: quietly.
+                Some(end) => Poll::Ready(end),
+                None => Poll::Pending,
+            },
+            read => read,
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.state == State::Tunnel {
+            if let Some(error) = this.shared.closed_error() {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.state == State::Tunnel {
+            if let Some(error) = this.shared.closed_error() {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A request in flight until dropped (with its response body, or with its future).
+#[derive(Debug)]
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        shared.calls.fetch_add(1, Ordering::Relaxed);
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The service as one connection serves it: the client's address in each request, each
+/// request counted in flight until its response body is done.
+#[derive(Clone, Debug)]
+pub(super) struct Served<S> {
+    inner: S,
+    peer: PeerAddr,
+    shared: Arc<Shared>,
+}
+
+impl<S> Served<S> {
+    pub(super) fn new(inner: S, peer: PeerAddr, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            peer,
+            shared,
+        }
+    }
+}
+
+impl<S, B> Service<Request<Incoming>> for Served<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<ServedBody<B>>;
+    type Error = S::Error;
+    type Future = ServedFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        ServedFuture {
+            in_flight: Some(InFlight::enter(&self.shared)),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Served`].
+    pub(super) struct ServedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for ServedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ServedBody<B>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match this.inner.poll(cx) {
+            Poll::Ready(Ok(res)) => res,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let in_flight = this.in_flight.take();
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(InFlight(shared)) = &in_flight {
+                shared.upgraded.store(true, Ordering::Release);
+            }
+        }
+        Poll::Ready(Ok(res.map(|inner| ServedBody {
+            inner,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until it is done or dropped.
+    pub(super) struct ServedBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> Body for ServedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,180 @@
+//! The server's own clocks and drain, through real sockets: the header-read timeout and the
+//! idle timeout each on their own clock, and WebSocket tunnels in the graceful drain.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower_gateway::builder::{Gateway, Route};
+use tower_gateway::server::Server;
+
+use common::read_head;
+use common::upstream;
+
+const HEAD: Duration = Duration::from_millis(300);
+const IDLE: Duration = Duration::from_millis(1500);
+
+/// A gateway with the route `/api` to a test upstream, served with `server`; the address,
+/// the trigger of its shutdown and its task (which ends when `serve` returns).
+async fn serve(server: Server) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let (up, _) = upstream::start(false).await;
+    let gateway = Gateway::builder()
+        .route("/api", Route::to([format!("http://{up}")]))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, gateway, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+fn clocks() -> Server {
+    Server::new().header_read_timeout(HEAD).idle_timeout(IDLE)
+}
+
+/// Sends a keep-alive `GET` on `stream` and reads its answer (the body is `pong /ping`).
+async fn ping(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /api/ping HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 10];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"pong /ping");
+}
+
+/// How long until the gateway closes `stream` (reading and dropping anything it sends).
+async fn closed_after(stream: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the connection")
+        .ok();
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let (gw, _stop, _task) = serve(clocks()).await;
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    ping(&mut stream).await;
+    // Idle three times the header-read timeout: still open, and serving.
+    tokio::time::sleep(HEAD * 3).await;
+    ping(&mut stream).await;
+    // Then closed after the idle timeout, not before.
+    let closed = closed_after(&mut stream).await;
+    assert!(
+        closed >= IDLE - Duration::from_millis(50) && closed < IDLE * 2,
+        "closed after {closed:?} idle, the idle timeout is {IDLE:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_that_never_completes_is_cut_at_the_header_read_timeout() {
+    let (gw, _stop, _task) = serve(clocks()).await;
+    // After a first request and some idle time, the next head starts and stalls: its clock
+    // runs from its first byte.
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    ping(&mut stream).await;
+    tokio::time::sleep(HEAD * 2).await;
+    stream
+        .write_all(b"GET /api/ping HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let closed = closed_after(&mut stream).await;
+    assert!(
+        closed >= HEAD - Duration::from_millis(50) && closed < IDLE,
+        "a stalled head closed after {closed:?}"
+    );
+    // A connection that sends nothing at all gets the header-read timeout too.
+    let mut silent = TcpStream::connect(gw).await.unwrap();
+    let closed = closed_after(&mut silent).await;
+    assert!(closed < IDLE, "a silent connection closed after {closed:?}");
+}
+
+/// Opens a WebSocket tunnel through the gateway to the upstream's echo.
+async fn tunnel(gw: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    stream
+        .write_all(
+            b"GET /api/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    stream.write_all(message).await?;
+    let mut echoed = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("an echo or a close within 5 s")?;
+    assert_eq!(echoed, message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_gets_the_grace_period_then_the_drain_closes_it() {
+    let grace = Duration::from_millis(1200);
+    let (gw, stop, task) = serve(clocks().shutdown_grace(grace)).await;
+    let mut ws = tunnel(gw).await;
+    echo(&mut ws, b"before").await.unwrap();
+    // Longer than the idle timeout: a tunnel has no idle clock.
+    tokio::time::sleep(IDLE + HEAD).await;
+    echo(&mut ws, b"after a quiet while").await.unwrap();
+
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    // During the grace period the tunnel still carries messages...
+    tokio::time::sleep(grace / 3).await;
+    echo(&mut ws, b"during the drain").await.unwrap();
+    assert!(!task.is_finished(), "the server waits for the open tunnel");
+    // ...and at its end the server closes it and returns.
+    let closed = closed_after(&mut ws).await + grace / 3;
+    assert!(
+        closed >= grace - Duration::from_millis(100) && closed < grace * 3,
+        "the tunnel closed {closed:?} after the shutdown began, the grace is {grace:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve returns once the tunnel is closed")
+        .unwrap();
+    assert!(started.elapsed() < grace * 3);
+}
+
+#[tokio::test]
+async fn a_tunnel_that_ends_before_the_shutdown_does_not_hold_it() {
+    let (gw, stop, task) = serve(clocks().shutdown_grace(Duration::from_secs(30))).await;
+    let mut ws = tunnel(gw).await;
+    echo(&mut ws, b"hello").await.unwrap();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("nothing in flight: serve returns at once")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
