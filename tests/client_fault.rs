@@ -46,10 +46,14 @@ async fn upstream() -> (SocketAddr, Arc<Seen>) {
         let seen = Arc::clone(&shared);
         async move {
             seen.hits.fetch_add(1, Ordering::SeqCst);
-            let fail = req.uri().path() == "/fail";
+            let fail = match req.uri().path() {
+                "/fail" => Some(StatusCode::BAD_GATEWAY),
+                "/fail504" => Some(StatusCode::GATEWAY_TIMEOUT),
+                _ => None,
+            };
             let body = req.into_body().collect().await;
             let (status, text) = match body {
-                _ if fail => (StatusCode::BAD_GATEWAY, "upstream says no".to_owned()),
+                _ if fail.is_some() => (fail.unwrap(), "upstream says no".to_owned()),
                 Ok(body) => {
                     seen.whole.fetch_add(1, Ordering::SeqCst);
                     (StatusCode::OK, format!("got {}", body.to_bytes().len()))
@@ -67,9 +71,19 @@ async fn upstream() -> (SocketAddr, Arc<Seen>) {
 
 async fn gateway(up: SocketAddr) -> SocketAddr {
     let upstream = format!("http://{up}");
+    let breaker = || (NonZeroU32::new(5).unwrap(), Duration::from_secs(60));
     serve_gateway(
         Gateway::builder()
             .request_body_timeout(BODY_TIMEOUT)
+            .route(
+                "/own504",
+                Route::to([upstream.clone()]).circuit_breaker(breaker().0, breaker().1),
+            )
+            .route(
+                "/dead",
+                // Nothing listens on port 1: every attempt is a connect error.
+                Route::to(["http://127.0.0.1:1"]).circuit_breaker(breaker().0, breaker().1),
+            )
             .route(
                 "/api",
                 Route::to([upstream.clone()])
@@ -235,6 +249,18 @@ async fn broken_uploads_are_the_clients_fault_and_leave_the_breaker_closed() {
     let (status, _) = get_from(OTHER, gw, "/api/ping").await;
     assert_eq!(status, 503, "five upstream 502s open the breaker");
     assert_eq!(seen.hits.load(Ordering::SeqCst), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_own_504s_and_a_dead_upstream_still_open_the_breaker() {
+    let (up, _) = upstream().await;
+    let gw = gateway(up).await;
+    for _ in 0..5 {
+        assert_eq!(get_from(OTHER, gw, "/own504/fail504").await.0, 504);
+        assert_eq!(get_from(OTHER, gw, "/dead/x").await.0, 502);
+    }
+    assert_eq!(get_from(OTHER, gw, "/own504/ping").await.0, 503);
+    assert_eq!(get_from(OTHER, gw, "/dead/x").await.0, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

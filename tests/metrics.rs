@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, Route};
@@ -31,6 +32,19 @@ fn recorder() -> PrometheusHandle {
         .unwrap()
         .install_recorder()
         .expect("the only recorder of this test binary")
+}
+
+/// Sends `request` on a connection of its own and reads until the gateway closes it or
+/// answers (5 s at most): what came back.
+async fn raw(gw: std::net::SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(gw).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 /// An upstream that answers `status` after `delay`, counting its hits.
@@ -56,6 +70,7 @@ async fn scripted_traffic_gives_exact_metrics() {
     let prometheus = recorder();
     let (ok, ok_hits) = upstream(200, Duration::ZERO).await;
     let (fail, fail_hits) = upstream(500, Duration::ZERO).await;
+    let (reads_body, _) = upstream(200, Duration::ZERO).await;
     let (slow, slow_hits) = upstream(200, Duration::from_secs(30)).await;
     let builder = || {
         Gateway::builder()
@@ -77,6 +92,8 @@ async fn scripted_traffic_gives_exact_metrics() {
                 "/m/slow",
                 Route::to([slow.clone()]).bulkhead(NonZeroUsize::new(8).unwrap()),
             )
+            .route("/m/body", Route::to([reads_body.clone()]).anonymous("/"))
+            .request_body_timeout(Duration::from_millis(300))
     };
     let first = builder().build().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -115,6 +132,26 @@ async fn scripted_traffic_gives_exact_metrics() {
     for _ in 0..2 {
         assert_eq!(get("/nowhere", KEY).await, 404);
     }
+    // /m/body: the client's faults: a malformed chunk (400), a stalled body (408), a reset
+    // in the middle of an upload (499).
+    let chunked = "POST /m/body/x HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n";
+    let answer = raw(gw, &format!("{chunked}3\r\nabc\r\nzz\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let stalled = "POST /m/body/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n0123456789";
+    let answer = raw(gw, stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let mut upload = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let head = "POST /m/body/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 1048576\r\n\r\n";
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    #[allow(
+        deprecated,
+        reason = "a zero linger never blocks: the close is a reset"
+    )]
+    upload.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(upload);
+
     // /m/slow: a request in flight holds a bulkhead slot; its client gives up.
     let waiting = tokio::spawn({
         let http = http.clone();
@@ -159,6 +196,9 @@ async fn scripted_traffic_gives_exact_metrics() {
     assert_eq!(requests("/m/fail", "GET", "503"), Some(1.0));
     assert_eq!(requests("", "GET", "404"), Some(2.0));
     assert_eq!(requests("/m/slow", "GET", "499"), Some(1.0));
+    assert_eq!(requests("/m/body", "POST", "400"), Some(1.0));
+    assert_eq!(requests("/m/body", "POST", "408"), Some(1.0));
+    assert_eq!(requests("/m/body", "POST", "499"), Some(1.0), "{text}");
 
     let rejections = |route: &str, reason: &str| {
         prometheus_sample(
@@ -171,6 +211,13 @@ async fn scripted_traffic_gives_exact_metrics() {
     assert_eq!(rejections("/m/ok", "auth"), Some(2.0));
     assert_eq!(rejections("/m/fail", "circuit_breaker"), Some(1.0));
     assert_eq!(rejections("", "no_route"), Some(2.0));
+    assert_eq!(rejections("/m/body", "bad_request"), Some(1.0));
+    assert_eq!(rejections("/m/body", "request_body_timeout"), Some(1.0));
+    assert_eq!(
+        rejections("/m/body", "upstream"),
+        None,
+        "never the upstream's"
+    );
     assert_eq!(
         rejections("/m/fail", "upstream"),
         None,

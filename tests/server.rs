@@ -178,3 +178,23 @@ async fn a_tunnel_that_ends_before_the_shutdown_does_not_hold_it() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn the_idle_clock_starts_even_when_hyper_does_not_read_again() {
+    // With `Expect: 100-continue` hyper's last look at the socket comes while the request
+    // is in flight; the idle clock must start without another one (the fuzz found this).
+    let (gw, _stop, _task) = serve(clocks()).await;
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /api/item HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\
+              Expect: 100-continue\r\n\r\nGE",
+        )
+        .await
+        .unwrap();
+    let closed = closed_after(&mut stream).await;
+    assert!(
+        closed < IDLE * 2,
+        "an idle connection after a 100-continue exchange closed after {closed:?}"
+    );
+}

@@ -16,7 +16,10 @@
 //!
 //! The clocks cost no timer operation per request: one timer per connection stays armed
 //! at most the shorter of the two timeouts ahead, and when it fires it is moved to the real
-//! deadline of the state the connection is in by then.
+//! deadline of the state the connection is in by then. It stays registered while a request
+//! is in flight too, because hyper need not look at the socket again once the request is
+//! done, and something must wake the connection for its idle clock; the idle time itself
+//! runs from the moment the last request was done (one clock read per request).
 
 use std::future::Future;
 use std::io;
@@ -40,12 +43,15 @@ use tower::Service;
 use crate::extensions::PeerAddr;
 
 /// What the connection's socket and its requests share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Shared {
+    start: Instant,
     /// Requests called so far.
     calls: AtomicU64,
     /// Requests whose response body is not done yet.
     in_flight: AtomicUsize,
+    /// Nanoseconds from `start` to the moment the last request in flight was done.
+    idle_at: AtomicU64,
     /// A response switched protocols: the socket belongs to a tunnel now.
     upgraded: AtomicBool,
     /// The drain is over: a tunnel's reads and writes fail from now on.
@@ -55,6 +61,23 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    pub(super) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            calls: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle_at: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            tunnel_waker: Mutex::new(None),
+        }
+    }
+
+    /// When the last request in flight was done.
+    fn idle_since(&self) -> Instant {
+        self.start + Duration::from_nanos(self.idle_at.load(Ordering::Relaxed))
+    }
+
     pub(super) fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Acquire)
     }
@@ -146,7 +169,7 @@ impl ConnIo {
         if self.shared.in_flight.load(Ordering::Relaxed) > 0 {
             self.state = State::Busy;
         } else if calls != self.seen_calls || self.state == State::Busy {
-            self.state = State::Idle(Instant::now());
+            self.state = State::Idle(self.shared.idle_since());
             self.rearm_if_elapsed();
         }
         self.seen_calls = calls;
@@ -174,7 +197,18 @@ impl ConnIo {
 
     /// Polls the timer; `Some` when the current state's time is up.
     fn poll_clock(&mut self, cx: &mut Context<'_>) -> Option<io::Result<()>> {
-        let (deadline, is_error) = self.deadline()?;
+        let Some((deadline, is_error)) = self.deadline() else {
+            if self.state == State::Busy {
+                // hyper need not look at the socket again once the request is done (its
+                // read interest is registered already), so the timer keeps a wake-up
+                // coming, at most the shorter timeout away, for the idle clock to start.
+                while self.timer.as_mut().poll(cx).is_ready() {
+                    let step = self.clocks.header_read.min(self.clocks.idle);
+                    self.timer.as_mut().reset(Instant::now() + step);
+                }
+            }
+            return None;
+        };
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if now >= deadline {
@@ -305,7 +339,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let shared = &self.0;
+        if shared.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The idle clock starts now, whenever the socket is next looked at.
+            let nanos = u64::try_from(shared.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            shared.idle_at.store(nanos, Ordering::Relaxed);
+        }
     }
 }
 

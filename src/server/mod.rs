@@ -267,7 +267,7 @@ async fn serve_connection<S, B>(
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     let (done, mut socket_closed) = oneshot::channel();
     let io = ConnIo::new(stream, Arc::clone(&shared), clocks, done);
     let service = Served::new(service, PeerAddr(peer), Arc::clone(&shared));
