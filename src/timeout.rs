@@ -157,6 +157,12 @@ const WAITING: u64 = 1;
 /// The body is complete: the upstream's time runs from its end.
 const DONE: u64 = 2;
 
+/// `at + wait`, or far in the future when that is past what an `Instant` holds.
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 impl Upload {
     fn new() -> Self {
         Self {
@@ -177,7 +183,8 @@ impl Upload {
     /// When the upstream's time runs out, or `None` while the client is awaited.
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
         let state = self.state.load(Ordering::Relaxed);
-        (state & WAITING == 0).then(|| self.start + Duration::from_nanos(state >> 2) + timeout)
+        (state & WAITING == 0)
+            .then(|| later(self.start + Duration::from_nanos(state >> 2), timeout))
     }
 }
 
@@ -190,6 +197,18 @@ pin_project! {
         #[pin]
         inner: B,
         upload: Option<Arc<Upload>>,
+    }
+
+    impl<B> PinnedDrop for RequestBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A body dropped while awaited (its reader gave up on it) is nobody's wait any
+            // more: the upstream's time runs from here.
+            if let Some(upload) = this.project().upload {
+                if upload.state.load(Ordering::Relaxed) & WAITING != 0 {
+                    upload.progress(DONE);
+                }
+            }
+        }
     }
 }
 
@@ -319,7 +338,10 @@ where
                 .as_ref()
                 .map(|upload| upload.deadline(*this.timeout))
             {
-                Some(None) => this.sleep.as_mut().reset(Instant::now() + *this.timeout),
+                Some(None) => this
+                    .sleep
+                    .as_mut()
+                    .reset(later(Instant::now(), *this.timeout)),
                 Some(Some(deadline)) if deadline > this.sleep.deadline() => {
                     this.sleep.as_mut().reset(deadline);
                 }
@@ -509,6 +531,27 @@ mod tests {
             Duration::from_secs(3),
             "2 s of upload, then 1 s"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dropped_while_awaited_starts_the_clock() {
+        // The service waits on the body once, gives up on it, then hangs: the clock runs
+        // from the drop, not never.
+        let started = Instant::now();
+        let res = ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_secs(1)))
+            .service_fn(|req: Request<RequestBody<Trickle>>| async move {
+                let mut body = req.into_body();
+                let _ = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+                drop(body);
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+            })
+            .oneshot(Request::new(trickle(10, Duration::from_secs(60))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(started.elapsed(), Duration::from_millis(1200));
     }
 
     #[tokio::test(start_paused = true)]

@@ -754,4 +754,31 @@ async fn an_absolute_form_target_names_the_forwarded_host() {
     let res = get(gw, "/api/echo", "").await;
     let seen: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
     assert_eq!(seen["headers"]["x-forwarded-host"][0], "gw.test");
+
+    // The same on a route with retry, whose proxy hands the request's head back.
+    let (up, _) = upstream::start(false).await;
+    let gw = serve(Gateway::builder().route("/api", Route::to([url(up)]).retry(1))).await;
+    let res = get(gw, "http://real.example:8080/api/echo", "").await;
+    let seen: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-host"][0], "real.example:8080");
+}
+
+#[tokio::test]
+async fn an_upgrade_an_http_1_0_client_asks_for_is_not_forwarded() {
+    // Upgrade is HTTP/1.1's: an HTTP/1.0 request that asks for one is sent as a plain
+    // request, so the upstream never switches protocols on a client that cannot follow.
+    let (gw, _, rec) = one_route().await;
+    let res = raw_request(
+        gw,
+        "GET /api/ws HTTP/1.0\nHost: gw\nConnection: Upgrade\nUpgrade: websocket\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13",
+        b"",
+    )
+    .await;
+    assert_ne!(res.status, 101, "{res:?}");
+    assert!(
+        res.status < 500,
+        "never a 5xx for the client's request: {res:?}"
+    );
+    assert!(!rec.last().headers.contains_key("upgrade"));
 }

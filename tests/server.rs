@@ -198,3 +198,86 @@ async fn the_idle_clock_starts_even_when_hyper_does_not_read_again() {
         "an idle connection after a 100-continue exchange closed after {closed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_101_that_hands_nothing_over_closes_the_socket_and_holds_no_drain() {
+    // A service that answers 101 without taking the upgrade: hyper keeps the socket in the
+    // connection, which must go, or the socket and the drain wait on it for good.
+    let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        let res = http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(res)
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(clocks().shutdown_grace(Duration::from_secs(30)).serve(
+        listener,
+        service,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.contains(" 101 "), "{head}");
+    let closed = closed_after(&mut stream).await;
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("nothing holds the drain")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_response_still_being_written_is_not_cut_by_the_idle_clock() {
+    // The response body is done (all of it in hyper's buffer and the kernel's) long before
+    // a client that is not reading takes it: the connection is busy until it is written.
+    let (gw, _stop, _task) = serve(
+        Server::new()
+            .header_read_timeout(HEAD)
+            .idle_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw).await.unwrap();
+    stream
+        .write_all(b"GET /api/download?kib=96 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading for five idle timeouts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let complete = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if raw.ends_with(b"\r\n0\r\n\r\n") {
+                return true;
+            }
+        }
+    })
+    .await
+    .expect("the whole response within 5 s");
+    assert!(complete, "the response was cut after {} bytes", raw.len());
+    assert!(raw.len() > 96 * 1024);
+}

@@ -23,6 +23,9 @@ use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// A deadline past what an `Instant` holds, in practice: never.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// How the client's request body failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BodyFault {
@@ -191,17 +194,18 @@ where
                     *this.watch = None;
                     return Poll::Pending;
                 }
-                let deadline = Instant::now() + *timeout;
-                let sleep = match this.idle {
-                    Some(sleep) if *this.armed => {
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Some(Err(ClientBodyError {
-                                fault: BodyFault::Stalled,
-                                source: None,
-                            })));
-                        }
-                        return Poll::Pending;
+                if let Some(sleep) = this.idle.as_mut().filter(|_| *this.armed) {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(ClientBodyError {
+                            fault: BodyFault::Stalled,
+                            source: None,
+                        })));
                     }
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                let deadline = now.checked_add(*timeout).unwrap_or_else(|| now + FAR);
+                let sleep = match this.idle {
                     Some(sleep) => {
                         sleep.as_mut().reset(deadline);
                         sleep

@@ -468,16 +468,24 @@ where
             return ResponseFuture::answer(rejection.into_response());
         };
         let peer = PeerAddr::from_extensions(req.extensions());
+        // Only an absolute-form target has one (origin form, nearly every request, has not).
+        // Read before a hand-back leaves the request with a bare URI.
+        let target_authority = req.uri().authority().cloned();
         let hand_back = req.extensions_mut().remove::<HandBack>();
-        let client_upgrade = upgrade::wants_upgrade(req.headers()).then(|| {
+        let client_upgrade = if !upgrade::wants_upgrade(req.headers()) {
+            None
+        } else if req.version() == Version::HTTP_11 {
             let guards = req.extensions_mut().remove::<UpgradeGuards>();
-            (hyper::upgrade::on(&mut req), guards.unwrap_or_default())
-        });
+            Some((hyper::upgrade::on(&mut req), guards.unwrap_or_default()))
+        } else {
+            // Only HTTP/1.1 switches protocols: the upstream is asked for none, so it never
+            // switches on a client that could not follow.
+            upgrade::strip_upgrade(req.headers_mut());
+            None
+        };
         if let Some(slot) = hand_back.filter(|_| client_upgrade.is_none()) {
             req = hand_back_parts(req, &slot);
         }
-        // Only an absolute-form target has one (origin form, nearly every request, has not).
-        let target_authority = req.uri().authority().cloned();
         set_forwarding_headers(
             req.headers_mut(),
             peer,

@@ -19,6 +19,13 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Removes the request's ask to switch protocols (`Upgrade`, and `Connection`, which is
+/// this hop's alone anyway).
+pub(crate) fn strip_upgrade(headers: &mut HeaderMap) {
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONNECTION);
+}
+
 /// Waits for both sides to finish switching, then copies bytes both ways until either side
 /// closes. Runs in its own task, outside the request's lifetime, and keeps `guards` (a
 /// bulkhead slot, say) until it ends.

@@ -7,8 +7,8 @@
 //! - **head**: from a new connection, or from the first byte of the next request, until
 //!   the request head is complete: [`Server::header_read_timeout`](super::Server::header_read_timeout),
 //!   after which the connection is closed (a slow-headers client);
-//! - **busy**: a request is in flight (from its head until its response body is done): no
-//!   clock here, the request's own timeouts apply;
+//! - **busy**: a request is in flight (from its head until its response body is done and
+//!   written to the socket): no clock here, the request's own timeouts apply;
 //! - **idle**: no request in flight and no byte of the next one: after
 //!   [`Server::idle_timeout`](super::Server::idle_timeout) the connection is closed quietly;
 //! - **tunnel**: the connection was upgraded (a WebSocket): no clock; the drain closes it
@@ -112,6 +112,22 @@ pub(super) struct Clocks {
     pub(super) idle: Duration,
 }
 
+impl Clocks {
+    /// How far ahead the timer is armed at most: the shorter timeout (1 ms at least, so
+    /// that a zero setting closes connections instead of spinning).
+    fn step(&self) -> Duration {
+        self.header_read
+            .min(self.idle)
+            .max(Duration::from_millis(1))
+    }
+}
+
+/// `at + wait`, or far in the future when that is past what an `Instant` holds.
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Waiting for a request head that has begun (or for the first one), since then.
@@ -131,6 +147,11 @@ pub(super) struct ConnIo {
     state: State,
     /// `shared.calls` when the state was last looked at.
     seen_calls: u64,
+    /// The last write or flush was pending: hyper is still sending a response, which keeps
+    /// the connection busy even after its body is done.
+    writing: bool,
+    /// When the last pending write completed.
+    wrote_at: Option<Instant>,
     /// Armed no later than the current state's deadline.
     timer: Pin<Box<Sleep>>,
     /// Dropped with the socket, which tells the server that a tunnel has ended.
@@ -151,7 +172,9 @@ impl ConnIo {
             clocks,
             state: State::Head(now),
             seen_calls: 0,
-            timer: Box::pin(tokio::time::sleep_until(now + clocks.header_read)),
+            writing: false,
+            wrote_at: None,
+            timer: Box::pin(tokio::time::sleep_until(later(now, clocks.header_read))),
             _done: done,
         }
     }
@@ -166,10 +189,13 @@ impl ConnIo {
             return;
         }
         let calls = self.shared.calls.load(Ordering::Relaxed);
-        if self.shared.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.writing || self.shared.in_flight.load(Ordering::Relaxed) > 0 {
             self.state = State::Busy;
         } else if calls != self.seen_calls || self.state == State::Busy {
-            self.state = State::Idle(self.shared.idle_since());
+            // Idle from the end of the last request, or of the write that sent its end.
+            let done = self.shared.idle_since();
+            let since = self.wrote_at.map_or(done, |wrote| wrote.max(done));
+            self.state = State::Idle(since);
             self.rearm_if_elapsed();
         }
         self.seen_calls = calls;
@@ -180,8 +206,7 @@ impl ConnIo {
     fn rearm_if_elapsed(&mut self) {
         let now = Instant::now();
         if self.timer.deadline() <= now {
-            let step = self.clocks.header_read.min(self.clocks.idle);
-            self.timer.as_mut().reset(now + step);
+            self.timer.as_mut().reset(later(now, self.clocks.step()));
         }
     }
 
@@ -189,8 +214,8 @@ impl ConnIo {
     /// rather than a quiet close (an idle connection).
     fn deadline(&self) -> Option<(Instant, bool)> {
         match self.state {
-            State::Head(since) => Some((since + self.clocks.header_read, true)),
-            State::Idle(since) => Some((since + self.clocks.idle, false)),
+            State::Head(since) => Some((later(since, self.clocks.header_read), true)),
+            State::Idle(since) => Some((later(since, self.clocks.idle), false)),
             State::Busy | State::Tunnel => None,
         }
     }
@@ -203,8 +228,9 @@ impl ConnIo {
                 // read interest is registered already), so the timer keeps a wake-up
                 // coming, at most the shorter timeout away, for the idle clock to start.
                 while self.timer.as_mut().poll(cx).is_ready() {
-                    let step = self.clocks.header_read.min(self.clocks.idle);
-                    self.timer.as_mut().reset(Instant::now() + step);
+                    self.timer
+                        .as_mut()
+                        .reset(later(Instant::now(), self.clocks.step()));
                 }
             }
             return None;
@@ -221,8 +247,9 @@ impl ConnIo {
                     Ok(())
                 });
             }
-            let step = self.clocks.header_read.min(self.clocks.idle);
-            self.timer.as_mut().reset(deadline.min(now + step));
+            self.timer
+                .as_mut()
+                .reset(deadline.min(later(now, self.clocks.step())));
         }
         None
     }
@@ -283,6 +310,23 @@ impl AsyncRead for ConnIo {
     }
 }
 
+impl ConnIo {
+    /// Notes whether a write is waiting on the client: a response still on its way keeps
+    /// the connection busy, and its end starts the idle clock.
+    #[inline]
+    fn wrote<T>(&mut self, write: Poll<T>) -> Poll<T> {
+        match write {
+            Poll::Pending => self.writing = true,
+            Poll::Ready(_) if self.writing => {
+                self.writing = false;
+                self.wrote_at = Some(Instant::now());
+            }
+            Poll::Ready(_) => {}
+        }
+        write
+    }
+}
+
 impl AsyncWrite for ConnIo {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -295,7 +339,8 @@ impl AsyncWrite for ConnIo {
                 return Poll::Ready(Err(error));
             }
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let write = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(write)
     }
 
     fn poll_write_vectored(
@@ -309,7 +354,8 @@ impl AsyncWrite for ConnIo {
                 return Poll::Ready(Err(error));
             }
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let write = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(write)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -317,7 +363,9 @@ impl AsyncWrite for ConnIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flush = Pin::new(&mut this.inner).poll_flush(cx);
+        this.wrote(flush)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,7 +22,9 @@
 //! When `shutdown` completes the server stops accepting, asks every connection to close
 //! after its in-flight request, waits up to [`shutdown_grace`](Server::shutdown_grace) for
 //! them, and returns. Upgraded connections (WebSocket tunnels) are part of the drain: they
-//! keep running for the grace period, then the server closes them.
+//! keep running for the grace period, then the server closes them (its next read or write
+//! of the client's side fails; a tunnel whose client has half-closed its side ends when the
+//! upstream's does).
 //!
 //! # Example
 //! ```no_run
@@ -64,6 +66,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tower::Service;
 
 use self::conn::{Clocks, ConnIo, Served, Shared};
@@ -191,37 +194,52 @@ impl Server {
                 peer,
                 service.clone(),
                 open,
-                (self.clocks, self.shutdown_grace),
+                self.clocks,
             ));
         }
         drop(listener);
         drop(alive_rx);
+        // One deadline for every connection, tunnels included.
+        let deadline = later(Instant::now(), self.shutdown_grace);
         let open = std::mem::take(&mut connections.lock().expect("never poisoned").open);
         for drain in open.into_values() {
-            let _ = drain.send(());
+            let _ = drain.send(deadline);
         }
-        if tokio::time::timeout(self.shutdown_grace, alive_tx.closed())
+        if tokio::time::timeout_at(deadline, alive_tx.closed())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?self.shutdown_grace, "shutdown grace elapsed with requests in flight");
+            // Tunnels are being closed at this very deadline: a moment for them to go.
+            let closing = tokio::time::timeout(TUNNEL_CLOSE, alive_tx.closed()).await;
+            if closing.is_err() {
+                tracing::warn!(grace = ?self.shutdown_grace, "shutdown grace elapsed with requests in flight");
+            }
         }
         Ok(())
     }
 }
 
-/// The open connections, each with the sender that tells it to drain.
+/// How long the end of the drain waits for the tunnels it closed to go.
+const TUNNEL_CLOSE: Duration = Duration::from_millis(500);
+
+/// `at + wait`, or far in the future when that is past what an `Instant` holds.
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// The open connections, each with the sender that tells it to drain, and by when.
 #[derive(Default)]
 struct Connections {
     next: u64,
-    open: HashMap<u64, oneshot::Sender<()>>,
+    open: HashMap<u64, oneshot::Sender<Instant>>,
 }
 
 /// One open connection's place in [`Connections`]; dropping it deregisters the connection.
 struct Open {
     id: u64,
     connections: Arc<Mutex<Connections>>,
-    drain: Option<oneshot::Receiver<()>>,
+    drain: Option<oneshot::Receiver<Instant>>,
     _alive: watch::Receiver<()>,
 }
 
@@ -256,7 +274,7 @@ async fn serve_connection<S, B>(
     peer: SocketAddr,
     service: S,
     mut open: Open,
-    (clocks, grace): (Clocks, Duration),
+    clocks: Clocks,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -269,43 +287,51 @@ async fn serve_connection<S, B>(
     let _ = stream.set_nodelay(true);
     let shared = Arc::new(Shared::new());
     let (done, mut socket_closed) = oneshot::channel();
-    let io = ConnIo::new(stream, Arc::clone(&shared), clocks, done);
-    let service = Served::new(service, PeerAddr(peer), Arc::clone(&shared));
-    let conn = http
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .with_upgrades();
-    tokio::pin!(conn);
     let mut drain = open
         .drain
         .take()
         .expect("a new connection has its drain signal");
-    let mut draining = false;
-    let result = tokio::select! {
-        biased;
-        result = conn.as_mut() => result,
-        _ = &mut drain => {
-            draining = true;
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut drained = None;
+    {
+        let io = ConnIo::new(stream, Arc::clone(&shared), clocks, done);
+        let service = Served::new(service, PeerAddr(peer), Arc::clone(&shared));
+        let conn = http
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            biased;
+            result = conn.as_mut() => result,
+            deadline = &mut drain => {
+                drained = deadline.ok();
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, %peer, "connection ended with an error");
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, %peer, "connection ended with an error");
+        // The connection goes here, and the socket with it unless a tunnel took it over
+        // (hyper keeps the socket of a 101 that it did not hand over, to the end).
     }
     if shared.is_upgraded() {
         // A tunnel owns the socket now: it stays counted until it ends, and the drain
         // gives it the grace period, then closes it.
-        if !draining {
-            tokio::select! {
+        let deadline = match drained {
+            Some(deadline) => deadline,
+            None => tokio::select! {
                 _ = &mut socket_closed => return,
-                _ = &mut drain => {}
-            }
-        }
+                deadline = &mut drain => match deadline {
+                    Ok(deadline) => deadline,
+                    // The server is gone without a drain: nothing more to wait for.
+                    Err(_) => return,
+                },
+            },
+        };
         tokio::select! {
             _ = &mut socket_closed => {}
-            () = tokio::time::sleep(grace) => {
+            () = tokio::time::sleep_until(deadline) => {
                 shared.close();
-                let _ = socket_closed.await;
                 tracing::debug!(%peer, "tunnel closed at the end of the shutdown grace");
             }
         }

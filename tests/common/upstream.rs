@@ -2,8 +2,9 @@
 //! - `/slow?ms=N`: answers after N ms; a request dropped before that counts as cancelled;
 //! - `/echo`: reads the whole body, answers JSON `{method, uri, headers, body_len}`;
 //! - `/upload`: reads the body slowly, answers `{len, sum}` (a checksum of the bytes);
-//! - `/download?mib=N`: streams N MiB of a fixed pattern, counting what it produced;
-//! - `/ws`: accepts a WebSocket upgrade (`101`), then echoes every byte;
+//! - `/download?mib=N` (or `kib=N`): streams N MiB (KiB) of a fixed pattern, counting what
+//!   it produced;
+//! - `/ws`: accepts a WebSocket upgrade (`101`) when asked for one, then echoes every byte;
 //! - `/hop`: answers with hop-by-hop headers the gateway must strip;
 //! - anything else: `pong <path-and-query>`.
 
@@ -160,7 +161,9 @@ async fn handle(
             ))
         }
         "/download" => {
-            let total = query_u64(&req, "mib").unwrap_or(1) << 20;
+            let total = query_u64(&req, "kib")
+                .map(|kib| kib << 10)
+                .unwrap_or_else(|| query_u64(&req, "mib").unwrap_or(1) << 20);
             let record = Arc::clone(&record);
             let chunks = futures_util::stream::unfold(0u64, move |offset| {
                 let record = Arc::clone(&record);
@@ -179,7 +182,8 @@ async fn handle(
             });
             Response::new(StreamBody::new(chunks).boxed())
         }
-        "/ws" => {
+        // Like a real server, it switches only when asked to.
+        "/ws" if req.headers().contains_key("upgrade") => {
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(upgraded) = on_upgrade.await {
