@@ -12,20 +12,27 @@ use pin_project_lite::pin_project;
 use super::state::{Breaker, ProbeTicket};
 use crate::classify::{FailureClassifier, ResponseHead};
 
+/// What a service and its requests' futures share: one reference count a request.
+pub(super) struct Shared<C> {
+    pub(super) breaker: Arc<Breaker>,
+    pub(super) classifier: Arc<C>,
+}
+
 /// Where a request's outcome goes.
 pub(super) enum Recorder {
     /// Admitted while closed, in the closed period the word names: to the failure count. A
     /// request that is dropped before its answer reports nothing.
-    Closed(Arc<Breaker>, u64),
+    Closed(u64),
     /// A probe: closes or reopens the breaker; dropped, it counts as a failure.
     Probe(ProbeTicket),
 }
 
 impl Recorder {
-    /// Reports `failed`, or nothing when the answer said nothing about the upstream.
-    fn record(self, failed: Option<bool>) {
+    /// Reports `failed` to `breaker`, or nothing when the answer said nothing about the
+    /// upstream.
+    fn record(self, breaker: &Breaker, failed: Option<bool>) {
         match (self, failed) {
-            (Self::Closed(breaker, admitted), Some(failed)) => breaker.record(admitted, failed),
+            (Self::Closed(admitted), Some(failed)) => breaker.record(admitted, failed),
             (Self::Closed(..), None) => {}
             (Self::Probe(ticket), Some(failed)) => ticket.finish(failed),
             (Self::Probe(ticket), None) => ticket.release(),
@@ -48,19 +55,19 @@ pin_project! {
             #[pin]
             fut: F,
             recorder: Option<Recorder>,
-            classifier: Arc<C>,
+            shared: Arc<Shared<C>>,
         },
         Answer { res: Option<Response<B>> },
     }
 }
 
 impl<F, C, B> ResponseFuture<F, C, B> {
-    pub(super) fn forward(fut: F, recorder: Recorder, classifier: Arc<C>) -> Self {
+    pub(super) fn forward(fut: F, recorder: Recorder, shared: Arc<Shared<C>>) -> Self {
         Self {
             state: State::Forward {
                 fut,
                 recorder: Some(recorder),
-                classifier,
+                shared,
             },
         }
     }
@@ -90,7 +97,7 @@ where
             StateProj::Forward {
                 fut,
                 recorder,
-                classifier,
+                shared,
             } => {
                 let result = ready!(fut.poll(cx));
                 let failed = match &result {
@@ -99,12 +106,12 @@ where
                         // A refusal of the gateway's own (a full bulkhead) never reached
                         // the upstream: no verdict either way.
                         head.is_about_upstream()
-                            .then(|| classifier.is_failure(&head))
+                            .then(|| shared.classifier.is_failure(&head))
                     }
                     Err(_) => Some(true),
                 };
                 if let Some(recorder) = recorder.take() {
-                    recorder.record(failed);
+                    recorder.record(&shared.breaker, failed);
                 }
                 Poll::Ready(result)
             }

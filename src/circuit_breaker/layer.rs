@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::future::{Recorder, ResponseFuture};
+use super::future::{Recorder, ResponseFuture, Shared};
 use super::state::{Admission, Breaker, BreakerState, Hook, Transition, Trip};
 use crate::classify::{FailureClassifier, ServerErrors};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
@@ -135,8 +135,10 @@ impl<S, C, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreaker {
             inner,
-            breaker: Arc::clone(&self.breaker),
-            classifier: Arc::clone(&self.classifier),
+            shared: Arc::new(Shared {
+                breaker: Arc::clone(&self.breaker),
+                classifier: Arc::clone(&self.classifier),
+            }),
             render: self.render.clone(),
         }
     }
@@ -145,8 +147,7 @@ impl<S, C, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {
 /// Service of [`CircuitBreakerLayer`].
 pub struct CircuitBreaker<S, C = ServerErrors, R = ProblemJson> {
     inner: S,
-    breaker: Arc<Breaker>,
-    classifier: Arc<C>,
+    shared: Arc<Shared<C>>,
     render: R,
 }
 
@@ -154,8 +155,7 @@ impl<S: Clone, C, R: Clone> Clone for CircuitBreaker<S, C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            breaker: Arc::clone(&self.breaker),
-            classifier: Arc::clone(&self.classifier),
+            shared: Arc::clone(&self.shared),
             render: self.render.clone(),
         }
     }
@@ -165,7 +165,7 @@ impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.breaker)
+            .field("breaker", &self.shared.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -175,7 +175,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
 
     /// Where the breaker stands now.
     pub fn state(&self) -> BreakerState {
-        self.breaker.state()
+        self.shared.breaker.state()
     }
 }
 
@@ -196,8 +196,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let recorder = match self.breaker.admit() {
-            Admission::Pass(word) => Recorder::Closed(Arc::clone(&self.breaker), word),
+        let recorder = match self.shared.breaker.admit() {
+            Admission::Pass(word) => Recorder::Closed(word),
             Admission::Probe(ticket) => Recorder::Probe(ticket),
             Admission::Refuse(wait) => {
                 let mut rejection = Rejection::new(RejectionKind::CircuitOpen)
@@ -209,6 +209,6 @@ where
                 return ResponseFuture::answer(rejection.into_response_with(&mut self.render));
             }
         };
-        ResponseFuture::forward(self.inner.call(req), recorder, Arc::clone(&self.classifier))
+        ResponseFuture::forward(self.inner.call(req), recorder, Arc::clone(&self.shared))
     }
 }

@@ -196,17 +196,20 @@ impl ConnIo {
             let done = self.shared.idle_since();
             let since = self.wrote_at.map_or(done, |wrote| wrote.max(done));
             self.state = State::Idle(since);
-            self.rearm_if_elapsed();
+            self.rearm_for_idle(since);
         }
         self.seen_calls = calls;
     }
 
-    /// Keeps the timer armed in the future and no later than any deadline the connection
-    /// can reach from now: those are at least the shorter timeout away.
-    fn rearm_if_elapsed(&mut self) {
+    /// On becoming idle: keeps the timer armed in the future and no later than the idle
+    /// deadline or any deadline the connection can reach from now (those are at least the
+    /// shorter timeout away). In the common case it already is, and nothing is done.
+    fn rearm_for_idle(&mut self, since: Instant) {
         let now = Instant::now();
-        if self.timer.deadline() <= now {
-            self.timer.as_mut().reset(later(now, self.clocks.step()));
+        let target = later(since, self.clocks.idle).min(later(now, self.clocks.step()));
+        let armed = self.timer.deadline();
+        if armed <= now || armed > target {
+            self.timer.as_mut().reset(target);
         }
     }
 
