@@ -38,7 +38,8 @@ struct Seen {
     whole: AtomicUsize,
 }
 
-/// Reads each request's body whole before it answers `200 got N`; `/fail` answers 502.
+/// Reads each request's body whole before it answers `200 got N`; `/fail` answers 502,
+/// `/fail504` 504, and `/early` answers `200 early` at once, without reading the body.
 async fn upstream() -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let shared = Arc::clone(&seen);
@@ -46,6 +47,10 @@ async fn upstream() -> (SocketAddr, Arc<Seen>) {
         let seen = Arc::clone(&shared);
         async move {
             seen.hits.fetch_add(1, Ordering::SeqCst);
+            if req.uri().path() == "/early" {
+                // Answers before it reads the body (a server that refuses uploads early).
+                return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("early"))));
+            }
             let fail = match req.uri().path() {
                 "/fail" => Some(StatusCode::BAD_GATEWAY),
                 "/fail504" => Some(StatusCode::GATEWAY_TIMEOUT),
@@ -285,4 +290,40 @@ async fn a_broken_upload_is_never_retried() {
         "sent once, never retried"
     );
     assert_eq!(seen.whole.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_after_an_early_answer_ends_the_exchange_as_the_clients() {
+    // The upstream answers before the upload is done; then the client's body breaks (a
+    // reset, or junk framing): the exchange ends, and the breaker counts nothing against
+    // the upstream.
+    let (up, _) = upstream().await;
+    let gw = gateway(up).await;
+    for round in 0..ROUNDS {
+        upload(
+            ATTACKER,
+            gw,
+            "POST /api/early HTTP/1.1\nhost: gw\ncontent-length: 1048576",
+            &[b'x'; 64 * 1024],
+            End::Reset,
+        )
+        .await;
+        let res = upload(
+            ATTACKER,
+            gw,
+            CHUNKED_POST.replace("/api/upload", "/api/early").as_str(),
+            b"3\r\nabc\r\nzz\r\n",
+            End::Stall,
+        )
+        .await;
+        if let Some(res) = res {
+            assert!(res.status < 500, "round {round}: {res:?}");
+        }
+    }
+    let (status, body) = get_from(OTHER, gw, "/api/ping").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "got 0"),
+        "the breaker is closed"
+    );
 }
