@@ -177,7 +177,11 @@ impl Upload {
     }
 
     fn waiting(&self) {
-        self.state.fetch_or(WAITING, Ordering::Relaxed);
+        // The body is the one writer: a plain load and store, no locked instruction.
+        let state = self.state.load(Ordering::Relaxed);
+        if state & WAITING == 0 {
+            self.state.store(state | WAITING, Ordering::Relaxed);
+        }
     }
 
     /// When the upstream's time runs out, or `None` while the client is awaited.
