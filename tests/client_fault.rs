@@ -48,7 +48,10 @@ async fn upstream() -> (SocketAddr, Arc<Seen>) {
         async move {
             seen.hits.fetch_add(1, Ordering::SeqCst);
             if req.uri().path() == "/early" {
-                // Answers before it reads the body (a server that refuses uploads early).
+                // Answers before it has read the body, and reads the rest meanwhile (closing
+                // on an unread body would reset the connection under its own answer).
+                let body = req.into_body();
+                tokio::spawn(async move { body.collect().await });
                 return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("early"))));
             }
             let fail = match req.uri().path() {
