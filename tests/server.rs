@@ -281,3 +281,96 @@ async fn a_response_still_being_written_is_not_cut_by_the_idle_clock() {
     assert!(complete, "the response was cut after {} bytes", raw.len());
     assert!(raw.len() > 96 * 1024);
 }
+
+#[tokio::test]
+async fn an_upload_that_flows_on_after_an_early_answer_is_not_cut() {
+    // An upstream that answers at once and reads the upload after: the body keeps flowing
+    // for longer than the header-read timeout after the answer is done.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&received);
+    let up = common::serve_hyper(tower::service_fn(
+        move |req: http::Request<hyper::body::Incoming>| {
+            let counted = std::sync::Arc::clone(&counted);
+            async move {
+                let mut body = req.into_body();
+                tokio::spawn(async move {
+                    use http_body_util::BodyExt;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Some(data) = frame.data_ref() {
+                            counted.fetch_add(data.len(), std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"early"),
+                )))
+            }
+        },
+    ))
+    .await;
+    let gateway = Gateway::builder()
+        .route("/api", Route::to([format!("http://{up}")]))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    tokio::spawn(clocks().serve(listener, gateway, std::future::pending()));
+
+    const TOTAL: usize = 2 << 20;
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    let head = format!("POST /api/up HTTP/1.1\r\nHost: gw\r\ncontent-length: {TOTAL}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'u'; TOTAL / 32];
+    let started = Instant::now();
+    for _ in 0..32 {
+        stream
+            .write_all(&chunk)
+            .await
+            .expect("the upload is not cut");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        started.elapsed() > HEAD * 3,
+        "the upload outlasted the header timeout"
+    );
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for _ in 0..200 {
+        if received.load(std::sync::atomic::Ordering::SeqCst) == TOTAL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), TOTAL);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
+    // A download to a client that reads nothing: the write stalls, and after the idle
+    // timeout the gateway gives up on the connection instead of holding it for good.
+    let (gw, _stop, _task) = serve(clocks()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw).await.unwrap();
+    stream
+        .write_all(b"GET /api/download?mib=8 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(IDLE * 2).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "the connection was closed");
+    assert!(
+        received < 8 << 20,
+        "the stalled download was cut, not sent whole ({received} bytes)"
+    );
+}

@@ -11,8 +11,15 @@
 //!   written to the socket): no clock here, the request's own timeouts apply;
 //! - **idle**: no request in flight and no byte of the next one: after
 //!   [`Server::idle_timeout`](super::Server::idle_timeout) the connection is closed quietly;
+//! - **draining**: more bytes than any request head can hold, with no new request: the last
+//!   request's body flowing on after its answer (an upstream that answered early and reads
+//!   on); the idle timeout from its last byte;
 //! - **tunnel**: the connection was upgraded (a WebSocket): no clock; the drain closes it
 //!   once the shutdown grace is over.
+//!
+//! Apart from those, a write that waits the idle timeout on a client that reads nothing
+//! fails, and the connection with it (nginx's `send_timeout`): a client cannot hold a
+//! connection for good by not reading.
 //!
 //! The clocks cost no timer operation per request: one timer per connection stays armed
 //! at most the shorter of the two timeouts ahead, and when it fires it is moved to the real
@@ -112,17 +119,21 @@ impl Shared {
 pub(super) struct Clocks {
     pub(super) header_read: Duration,
     pub(super) idle: Duration,
+    /// The most bytes a request head can take (hyper's read buffer); more bytes without a
+    /// new request are a request body still flowing after its answer.
+    pub(super) max_head: usize,
 }
 
 impl Clocks {
     /// How far ahead the timer is armed at most: the shorter timeout (1 ms at least, so
     /// that a zero setting closes connections instead of spinning).
     fn step(&self) -> Duration {
-        self.header_read
-            .min(self.idle)
-            .max(Duration::from_millis(1))
+        self.header_read.min(self.idle).max(TIMER_RESOLUTION)
     }
 }
+
+/// tokio's timer wheel ticks in milliseconds.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// `at + wait`, or far in the future when that is past what an `Instant` holds.
 fn later(at: Instant, wait: Duration) -> Instant {
@@ -137,6 +148,9 @@ enum State {
     Busy,
     /// No request in flight, since then.
     Idle(Instant),
+    /// A request body still flowing after its answer was done (an upstream that answered
+    /// early and reads on): idle clock from its last byte, then.
+    Draining(Instant),
     Tunnel,
 }
 
@@ -154,6 +168,10 @@ pub(super) struct ConnIo {
     writing: bool,
     /// When the last pending write completed.
     wrote_at: Option<Instant>,
+    /// Bytes read since the current head began.
+    head_bytes: usize,
+    /// Armed when a write stalls on a client that does not read: made on the first stall.
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// Armed no later than the current state's deadline.
     timer: Pin<Box<Sleep>>,
     /// Dropped with the socket, which tells the server that a tunnel has ended.
@@ -176,6 +194,8 @@ impl ConnIo {
             seen_calls: 0,
             writing: false,
             wrote_at: None,
+            head_bytes: 0,
+            write_timer: None,
             timer: Box::pin(tokio::time::sleep_until(later(now, clocks.header_read))),
             _done: done,
         }
@@ -221,7 +241,9 @@ impl ConnIo {
     fn deadline(&self) -> Option<(Instant, bool)> {
         match self.state {
             State::Head(since) => Some((later(since, self.clocks.header_read), true)),
-            State::Idle(since) => Some((later(since, self.clocks.idle), false)),
+            State::Idle(since) | State::Draining(since) => {
+                Some((later(since, self.clocks.idle), false))
+            }
             State::Busy | State::Tunnel => None,
         }
     }
@@ -243,7 +265,9 @@ impl ConnIo {
         };
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            if now >= deadline {
+            // Within the timer's resolution counts as due: tokio fires a deadline in the
+            // current millisecond at once, which would otherwise spin here until it passes.
+            if later(now, TIMER_RESOLUTION) >= deadline {
                 return Some(if is_error {
                     Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -299,10 +323,24 @@ impl AsyncRead for ConnIo {
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         match read {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if let State::Idle(_) = this.state {
-                    // The first byte of the next request: its head has the header-read
-                    // timeout, which the armed timer cannot be later than.
-                    this.state = State::Head(Instant::now());
+                let bytes = buf.filled().len() - before;
+                match this.state {
+                    State::Idle(_) => {
+                        // The first byte of the next request: its head has the header-read
+                        // timeout, which the armed timer cannot be later than.
+                        this.state = State::Head(Instant::now());
+                        this.head_bytes = bytes;
+                    }
+                    State::Head(_) => {
+                        this.head_bytes = this.head_bytes.saturating_add(bytes);
+                        if this.head_bytes > this.clocks.max_head {
+                            // No head is this long (hyper would have refused it): these
+                            // are the last request's body, flowing on after its answer.
+                            this.state = State::Draining(Instant::now());
+                        }
+                    }
+                    State::Draining(_) => this.state = State::Draining(Instant::now()),
+                    State::Busy | State::Tunnel => {}
                 }
                 read
             }
@@ -318,18 +356,47 @@ impl AsyncRead for ConnIo {
 
 impl ConnIo {
     /// Notes whether a write is waiting on the client: a response still on its way keeps
-    /// the connection busy, and its end starts the idle clock.
+    /// the connection busy, and its end starts the idle clock. A write that waits for the
+    /// idle timeout on a client that does not read fails (nginx's `send_timeout`), so such
+    /// a client cannot hold its connection for good.
     #[inline]
-    fn wrote<T>(&mut self, write: Poll<T>) -> Poll<T> {
+    fn wrote<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match write {
-            Poll::Pending => self.writing = true,
+            Poll::Pending => {
+                let idle = self.clocks.idle;
+                if !self.writing {
+                    self.writing = true;
+                    let deadline = later(Instant::now(), idle);
+                    match &mut self.write_timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => {
+                            self.write_timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                        }
+                    }
+                }
+                let stalled = self
+                    .write_timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if stalled {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing for the idle timeout",
+                    )));
+                }
+                Poll::Pending
+            }
             Poll::Ready(_) if self.writing => {
                 self.writing = false;
                 self.wrote_at = Some(Instant::now());
+                write
             }
-            Poll::Ready(_) => {}
+            Poll::Ready(_) => write,
         }
-        write
     }
 }
 
@@ -346,7 +413,7 @@ impl AsyncWrite for ConnIo {
             }
         }
         let write = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.wrote(write)
+        this.wrote(cx, write)
     }
 
     fn poll_write_vectored(
@@ -361,7 +428,7 @@ impl AsyncWrite for ConnIo {
             }
         }
         let write = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.wrote(write)
+        this.wrote(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -371,7 +438,7 @@ impl AsyncWrite for ConnIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let flush = Pin::new(&mut this.inner).poll_flush(cx);
-        this.wrote(flush)
+        this.wrote(cx, flush)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

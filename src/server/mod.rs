@@ -103,6 +103,7 @@ impl Server {
             clocks: Clocks {
                 header_read: DEFAULT_HEADER_READ_TIMEOUT,
                 idle: DEFAULT_IDLE_TIMEOUT,
+                max_head: 0,
             },
             shutdown_grace: Duration::from_secs(30),
         }
@@ -129,7 +130,9 @@ impl Server {
     }
 
     /// How long a keep-alive connection may sit with no request in flight and no byte of
-    /// the next one; then it is closed quietly (default 60 s).
+    /// the next one; then it is closed quietly (default 60 s). It also bounds how long a
+    /// write may wait on a client that reads nothing, and a request body that flows on
+    /// after its answer may pause.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.clocks.idle = timeout;
         self
@@ -158,11 +161,16 @@ impl Server {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let read_buffer = self.max_header_bytes.max(8192) + 8192;
+        let clocks = Clocks {
+            max_head: read_buffer,
+            ..self.clocks
+        };
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .keep_alive(true)
             .max_header_size(self.max_header_bytes)
-            .max_buf_size(self.max_header_bytes.max(8192) + 8192)
+            .max_buf_size(read_buffer)
             .max_headers(self.max_headers)
             // The connection's own clocks take its place (see `conn`).
             .header_read_timeout(None);
@@ -194,7 +202,7 @@ impl Server {
                 peer,
                 service.clone(),
                 open,
-                self.clocks,
+                clocks,
             ));
         }
         drop(listener);
