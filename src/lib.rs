@@ -77,6 +77,8 @@
 
 #[macro_use]
 mod macros;
+#[cfg(any(feature = "timeout", feature = "proxy", feature = "server"))]
+mod time;
 
 pub mod body;
 pub mod classify;

@@ -72,6 +72,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, RequestContext};
+use crate::time::later;
 
 /// Answers 504 when the response head takes longer than the timeout; see the
 /// [module docs](self).
@@ -156,12 +157,6 @@ struct Upload {
 const WAITING: u64 = 1;
 /// The body is complete: the upstream's time runs from its end.
 const DONE: u64 = 2;
-
-/// `at + wait`, or far in the future when that is past what an `Instant` holds.
-fn later(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
 
 impl Upload {
     fn new() -> Self {

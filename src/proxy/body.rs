@@ -21,10 +21,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::time::later;
 
-/// A deadline past what an `Instant` holds, in practice: never.
-const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// How the client's request body failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +202,7 @@ where
                     }
                     return Poll::Pending;
                 }
-                let now = Instant::now();
-                let deadline = now.checked_add(*timeout).unwrap_or_else(|| now + FAR);
+                let deadline = later(Instant::now(), *timeout);
                 let sleep = match this.idle {
                     Some(sleep) => {
                         sleep.as_mut().reset(deadline);

@@ -50,6 +50,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::extensions::PeerAddr;
+use crate::time::later;
 
 /// What the connection's socket and its requests share.
 #[derive(Debug)]
@@ -134,12 +135,6 @@ impl Clocks {
 
 /// tokio's timer wheel ticks in milliseconds.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
-
-/// `at + wait`, or far in the future when that is past what an `Instant` holds.
-fn later(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -355,6 +350,17 @@ impl AsyncRead for ConnIo {
 }
 
 impl ConnIo {
+    /// The error of a tunnel the drain has closed (only a tunnel is ever closed, so other
+    /// states skip the shared flag).
+    #[inline]
+    fn tunnel_closed(&self) -> Option<io::Error> {
+        if self.state == State::Tunnel {
+            self.shared.closed_error()
+        } else {
+            None
+        }
+    }
+
     /// Notes whether a write is waiting on the client: a response still on its way keeps
     /// the connection busy, and its end starts the idle clock. A write that waits for the
     /// idle timeout on a client that does not read fails (nginx's `send_timeout`), so such
@@ -407,10 +413,8 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.state == State::Tunnel {
-            if let Some(error) = this.shared.closed_error() {
-                return Poll::Ready(Err(error));
-            }
+        if let Some(error) = this.tunnel_closed() {
+            return Poll::Ready(Err(error));
         }
         let write = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.wrote(cx, write)
@@ -422,10 +426,8 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.state == State::Tunnel {
-            if let Some(error) = this.shared.closed_error() {
-                return Poll::Ready(Err(error));
-            }
+        if let Some(error) = this.tunnel_closed() {
+            return Poll::Ready(Err(error));
         }
         let write = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.wrote(cx, write)

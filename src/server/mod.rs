@@ -71,6 +71,7 @@ use tower::Service;
 
 use self::conn::{Clocks, ConnIo, Served, Shared};
 use crate::extensions::PeerAddr;
+use crate::time::later;
 
 /// The default [header-read timeout](Server::header_read_timeout): 10 s.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,12 +230,6 @@ impl Server {
 
 /// How long the end of the drain waits for the tunnels it closed to go.
 const TUNNEL_CLOSE: Duration = Duration::from_millis(500);
-
-/// `at + wait`, or far in the future when that is past what an `Instant` holds.
-fn later(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
 
 /// The open connections, each with the sender that tells it to drain, and by when.
 #[derive(Default)]
