@@ -34,7 +34,7 @@ use ipnet::IpNet;
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The networks whose peers may speak for the client in `X-Forwarded-*`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     nets: Box<[IpNet]>,
 }

@@ -77,6 +77,8 @@
 
 #[macro_use]
 mod macros;
+#[cfg(any(feature = "retry", feature = "proxy"))]
+mod random;
 #[cfg(any(feature = "timeout", feature = "proxy", feature = "server"))]
 mod time;
 
@@ -113,6 +115,9 @@ pub mod route;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod upstream;
 
 #[cfg(feature = "reload")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reload")))]

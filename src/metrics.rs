@@ -15,6 +15,10 @@
 //! | `gateway_retries_total` | counter | `route` | retry's `on_retry` hook: each retry decided on (after its backoff it is sent unless the client left) |
 //! | `gateway_bulkhead_in_flight` | gauge | `route` | the bulkhead's `on_slot_change` hook: requests holding a slot |
 //! | `gateway_circuit_breaker_state` | gauge | `route` | the breaker's `on_state_change` hook ([`breaker_state_value`]): 0 closed, 1 open, 2 half-open |
+//! | `gateway_upstream_in_flight` | gauge | `route`, `endpoint` | the pool's `on_event` hook: requests in flight to the endpoint, until their response bodies end |
+//! | `gateway_upstream_endpoint_state` | gauge | `route`, `endpoint` | the pool's `on_event` hook ([`endpoint_state_value`]): 0 healthy, 1 ejected, 2 unhealthy |
+//! | `gateway_upstream_ejections_total` | counter | `route`, `endpoint` | the pool's `on_event` hook: outlier ejections |
+//! | `gateway_upstream_probes_total` | counter | `route`, `endpoint`, `result` | the pool's `on_event` hook: active probes, `result` `pass` or why it failed (`connect`, `timeout`, `status`, `exchange`) |
 //!
 //! - `method` is the request method for the nine standard ones, else `other`; `status` is the
 //!   response status code, or `499` for a request whose client went away before its answer.
@@ -81,6 +85,16 @@ pub const RETRIES_TOTAL: &str = "gateway_retries_total";
 pub const BULKHEAD_IN_FLIGHT: &str = "gateway_bulkhead_in_flight";
 /// `gateway_circuit_breaker_state`: 0 closed, 1 open, 2 half-open, by route.
 pub const CIRCUIT_BREAKER_STATE: &str = "gateway_circuit_breaker_state";
+
+/// `gateway_upstream_in_flight{route, endpoint}`: requests in flight to each endpoint.
+pub const UPSTREAM_IN_FLIGHT: &str = "gateway_upstream_in_flight";
+/// `gateway_upstream_endpoint_state{route, endpoint}`: 0 healthy, 1 ejected, 2 unhealthy.
+pub const UPSTREAM_ENDPOINT_STATE: &str = "gateway_upstream_endpoint_state";
+/// `gateway_upstream_ejections_total{route, endpoint}`: outlier ejections.
+pub const UPSTREAM_EJECTIONS_TOTAL: &str = "gateway_upstream_ejections_total";
+/// `gateway_upstream_probes_total{route, endpoint, result}`: active health probes, `result`
+/// `pass`, `connect`, `timeout`, `status` or `exchange`.
+pub const UPSTREAM_PROBES_TOTAL: &str = "gateway_upstream_probes_total";
 
 /// The status recorded for a request whose client went away before its answer (nginx's
 /// "client closed request").
@@ -198,6 +212,18 @@ pub fn breaker_state_value(state: crate::circuit_breaker::BreakerState) -> f64 {
         BreakerState::Closed => 0.0,
         BreakerState::Open => 1.0,
         BreakerState::HalfOpen => 2.0,
+    }
+}
+
+/// The value of `gateway_upstream_endpoint_state` for `state`: 0 healthy, 1 ejected, 2
+/// unhealthy.
+#[cfg(feature = "proxy")]
+pub fn endpoint_state_value(state: crate::upstream::EndpointState) -> f64 {
+    use crate::upstream::EndpointState;
+    match state {
+        EndpointState::Ejected => 1.0,
+        EndpointState::Unhealthy => 2.0,
+        _ => 0.0,
     }
 }
 

@@ -19,9 +19,10 @@
 //! through unchanged and notes where the body is. A request without a body costs nothing
 //! of this.
 //!
-//! When the time runs out the inner future is dropped, which for the proxy cancels the
-//! upstream request, and the answer is a `504` [`Rejection`] of kind
-//! [`GatewayTimeout`](RejectionKind::GatewayTimeout).
+//! When the time runs out the inner future is dropped at once, under
+//! [`Fault::blame`] as the upstream's fault (so the proxy counts the timeout against the
+//! endpoint it picked), which for the proxy cancels the upstream request, and the answer is
+//! a `504` [`Rejection`] of kind [`GatewayTimeout`](RejectionKind::GatewayTimeout).
 //!
 //! tower's own `Timeout` fails with an error instead of answering; this layer keeps the inner
 //! error type, so it drops into an axum `Router` as it is.
@@ -71,7 +72,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection, RequestContext};
+use crate::rejection::{
+    Fault, ProblemJson, Rejection, RejectionKind, RenderRejection, RequestContext,
+};
 use crate::time::later;
 
 /// Answers 504 when the response head takes longer than the timeout; see the
@@ -284,7 +287,7 @@ where
             upload: upload.clone(),
         });
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
             sleep: tokio::time::sleep(self.timeout),
             timeout: self.timeout,
             upload,
@@ -297,7 +300,7 @@ pin_project! {
     /// Response future of [`Timeout`].
     pub struct ResponseFuture<F, R> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Sleep,
         timeout: Duration,
@@ -323,8 +326,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result);
+        if let Some(inner) = this.inner.as_mut().as_pin_mut() {
+            if let Poll::Ready(result) = inner.poll(cx) {
+                return Poll::Ready(result);
+            }
         }
         loop {
             if this.sleep.as_mut().poll(cx).is_pending() {
@@ -348,6 +353,9 @@ where
             }
         }
         let (context, mut render) = this.answer.take().expect("polled after completion");
+        // Cancel the attempt here, saying it is the upstream's fault: the proxy counts it
+        // against the endpoint it went to.
+        Fault::Upstream.blame(|| this.inner.set(None));
         let rejection = Rejection::new(RejectionKind::GatewayTimeout).for_context(context);
         Poll::Ready(Ok(rejection.into_response_with(&mut render)))
     }

@@ -23,7 +23,7 @@
 //!
 //! With `[admin] listen = "127.0.0.1:9090"` it also serves, on that address: `/metrics`
 //! (the gateway's metrics in the Prometheus text format, from metrics-exporter-prometheus),
-//! `/healthz` (200 while the process runs) and `/readyz` (200 while it serves, 503 from the
+//! `/healthz` (200 while the process runs), `/upstreams` (every route's pool as JSON) and `/readyz` (200 while it serves, 503 from the
 //! moment it starts draining).
 
 mod demo_upstreams;
@@ -257,6 +257,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     };
 
     let (gateway, reload) = reloadable(gateway);
+    let current = reload.clone();
 
     runtime.block_on(async {
         // SIGHUP would end the process if nobody listened for it.
@@ -289,10 +290,15 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
                 .map_err(|error| format!("cannot listen on {} (admin): {error}", admin.listen))?;
             // Not "listening on": scripts wait for that line to find the gateway itself.
             tracing::info!(
-                "admin endpoints on {}: /metrics /healthz /readyz",
+                "admin endpoints on {}: /metrics /healthz /readyz /upstreams",
                 listener.local_addr()?
             );
-            tokio::spawn(serve_admin(listener, prometheus, Arc::clone(&ready)));
+            tokio::spawn(serve_admin(
+                listener,
+                prometheus,
+                Arc::clone(&ready),
+                current,
+            ));
         }
         let listen = config.server.listen;
         let listener = TcpListener::bind(listen)
@@ -438,9 +444,14 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0,
 ];
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on the `[admin]` listener until the process
-/// ends.
-async fn serve_admin(listener: TcpListener, prometheus: PrometheusHandle, ready: Arc<AtomicBool>) {
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/upstreams` on the `[admin]` listener until
+/// the process ends.
+async fn serve_admin(
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    gateway: ReloadHandle<Gateway>,
+) {
     // The recorder folds its histogram samples in on upkeep (and on each scrape).
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
@@ -465,6 +476,11 @@ async fn serve_admin(listener: TcpListener, prometheus: PrometheusHandle, ready:
                 prometheus.render(),
             ),
             (&Method::GET, "/healthz") => answer(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, "/upstreams") => answer(
+                StatusCode::OK,
+                "application/json",
+                upstreams_json(&gateway.current()),
+            ),
             (&Method::GET, "/readyz") if ready.load(Ordering::SeqCst) => {
                 answer(StatusCode::OK, "text/plain", "ready\n".into())
             }
@@ -483,6 +499,25 @@ async fn serve_admin(listener: TcpListener, prometheus: PrometheusHandle, ready:
     {
         tracing::error!(%error, "the admin listener failed");
     }
+}
+
+/// The admin view of every route's pool (CONTRACT.md §5): `{"routes": [{"prefix", "policy",
+/// "endpoints": [{"url", "weight", "state", "in_flight", "ejections", ...}]}]}`.
+fn upstreams_json(gateway: &Gateway) -> String {
+    let routes: Vec<serde_json::Value> = gateway
+        .pools()
+        .map(|(prefix, pool)| {
+            let status = pool.status();
+            serde_json::json!({
+                "prefix": prefix,
+                "policy": status.policy,
+                "endpoints": status.endpoints,
+            })
+        })
+        .collect();
+    let mut body = serde_json::json!({ "routes": routes }).to_string();
+    body.push('\n');
+    body
 }
 
 /// Completes on the first SIGTERM or Ctrl-C (SIGINT).

@@ -10,6 +10,7 @@ use crate::bulkhead::BulkheadLayer;
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::classify::SharedClassifier;
 use crate::rate_limit::Quota;
+use crate::upstream::Pool;
 
 /// Per route prefix, what its stateful layers hold.
 pub(super) type RouteStates = HashMap<String, Carried>;
@@ -23,6 +24,8 @@ pub(super) struct Carried {
     pub(super) breaker: Option<(Breaker, CircuitBreakerLayer<SharedClassifier>)>,
     /// Its limit is its own setting.
     pub(super) bulkhead: Option<BulkheadLayer>,
+    /// Its endpoints' health, matched by URL.
+    pub(super) pool: Option<Pool>,
     /// What the observers keep across reloads.
     pub(super) observe: observe::Carried,
 }

@@ -79,7 +79,7 @@ use crate::correlation_id::{CorrelationIdLayer, SetCorrelationId, X_CORRELATION_
 use crate::forwarded::TrustedProxies;
 use crate::hop_by_hop::{HopByHop, HopByHopLayer};
 use crate::proxy::{
-    DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService, UpstreamError,
+    DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService, UpstreamBody,
 };
 use crate::rate_limit::{
     ClientId, ClientKey, LocalStore, Quota, RateLimit, RateLimitLayer, RouteStore,
@@ -88,10 +88,12 @@ use crate::retry::{Retry, RetryBody};
 use crate::route::{RouteError, Router, validate_prefix};
 use crate::timeout::{RequestBody, Timeout};
 use crate::trace::{RequestSpan, RequestSpanLayer};
+use crate::upstream::UpstreamError;
+use crate::upstream::{Pool, PoolError};
 
 /// The response of every gateway stack. Its body is the upstream's stream or the gateway's
 /// own answer, holding the route's bulkhead slot until it ends.
-pub type GatewayResponse = Response<ResponseBody<GatewayBody<Incoming>>>;
+pub type GatewayResponse = Response<ResponseBody<GatewayBody<UpstreamBody>>>;
 
 /// A route's stack with the user's layers around it, type-erased: what a
 /// [`Route::layer`] wraps.
@@ -136,6 +138,14 @@ pub enum BuildError {
         index: usize,
         /// What is wrong with the URL.
         source: UpstreamError,
+    },
+    /// A route's pool settings cannot work (a weight out of range, a bad health check).
+    #[error("route {prefix:?}: {source}")]
+    Pool {
+        /// The route.
+        prefix: String,
+        /// What is wrong.
+        source: PoolError,
     },
     /// A route has no upstream.
     #[error("route {0:?} has no upstreams")]
@@ -299,6 +309,7 @@ where
         let mut router = observe::router(Router::builder());
         let mut states = RouteStates::new();
         let mut prefixes = HashSet::new();
+        let mut pools = Vec::with_capacity(self.routes.len());
         for (prefix, route) in &self.routes {
             check_prefix(prefix, &mut prefixes)?;
             let old = self
@@ -309,6 +320,9 @@ where
                 .unwrap_or_default();
             let mut carried = Carried::default();
             let service = self.route_stack(prefix, route, &client, &old, &mut carried)?;
+            if let Some(pool) = &carried.pool {
+                pools.push((prefix.clone(), pool.clone()));
+            }
             states.insert(prefix.clone(), carried);
             router = if route.strip_prefix {
                 router.route(prefix.clone(), service)
@@ -327,6 +341,7 @@ where
         Ok(Gateway {
             inner,
             states: Arc::new(states),
+            pools: pools.into(),
         })
     }
 
@@ -339,11 +354,12 @@ where
         old: &Carried,
         carried: &mut Carried,
     ) -> Result<RouteService<B>, BuildError> {
-        let upstreams = stages::check(prefix, route)?;
+        stages::check(prefix, route)?;
         let observe = Observer::for_route(prefix);
+        let pool = stages::pool(prefix, route, &observe, old, carried)?;
         let proxy = observe.proxy(stages::proxy(
             client,
-            upstreams,
+            pool,
             &self.trusted,
             self.request_body_timeout,
         ));
@@ -400,6 +416,8 @@ pub struct Gateway<B = Incoming> {
     inner: Stack<B>,
     /// What a gateway built with [`GatewayBuilder::keep_state_of`] this one takes over.
     states: Arc<RouteStates>,
+    /// Each route's upstream pool, in route order.
+    pools: Arc<[(String, Pool)]>,
 }
 
 impl<B> Clone for Gateway<B> {
@@ -407,7 +425,18 @@ impl<B> Clone for Gateway<B> {
         Self {
             inner: self.inner.clone(),
             states: Arc::clone(&self.states),
+            pools: Arc::clone(&self.pools),
         }
+    }
+}
+
+impl<B> Gateway<B> {
+    /// Each route's prefix and upstream pool, in the order the routes were added: what an
+    /// admin view shows ([`Pool::status`]).
+    pub fn pools(&self) -> impl Iterator<Item = (&str, &Pool)> {
+        self.pools
+            .iter()
+            .map(|(prefix, pool)| (prefix.as_str(), pool))
     }
 }
 

@@ -7,6 +7,7 @@ use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::proxy::ProxyService;
 use crate::retry::RetryLayer;
 use crate::route::RouterBuilder;
+use crate::upstream::PoolBuilder;
 
 /// A route's stack behind its observers.
 #[cfg(feature = "metrics")]
@@ -56,6 +57,69 @@ impl Observer {
         proxy.on_attempt(move |attempt| {
             if attempt.outcome.is_ok() {
                 histogram.record(attempt.latency.as_secs_f64());
+            }
+        })
+    }
+
+    /// Per endpoint of the route's pool: `gateway_upstream_in_flight`,
+    /// `gateway_upstream_endpoint_state`, `gateway_upstream_ejections_total` and
+    /// `gateway_upstream_probes_total`, each `{route, endpoint}`; handles made here, so an
+    /// event costs an index and an atomic.
+    pub(super) fn pool(&self, pool: PoolBuilder, urls: &[(String, u32)]) -> PoolBuilder {
+        use crate::metrics as m;
+        use crate::upstream::{EndpointState, PoolEventKind};
+        struct Series {
+            in_flight: ::metrics::Gauge,
+            state: ::metrics::Gauge,
+            ejections: ::metrics::Counter,
+            probes: [::metrics::Counter; 5],
+        }
+        const RESULTS: [&str; 5] = ["pass", "connect", "timeout", "status", "exchange"];
+        let series: Vec<Series> = urls
+            .iter()
+            .map(|(url, _)| {
+                let labels = [("route", self.route.clone()), ("endpoint", url.clone())];
+                let state = ::metrics::gauge!(m::UPSTREAM_ENDPOINT_STATE, &labels);
+                state.set(0.0);
+                Series {
+                    in_flight: ::metrics::gauge!(m::UPSTREAM_IN_FLIGHT, &labels),
+                    state,
+                    ejections: ::metrics::counter!(m::UPSTREAM_EJECTIONS_TOTAL, &labels),
+                    probes: RESULTS.map(|result| {
+                        ::metrics::counter!(
+                            m::UPSTREAM_PROBES_TOTAL,
+                            "route" => self.route.clone(),
+                            "endpoint" => url.clone(),
+                            "result" => result,
+                        )
+                    }),
+                }
+            })
+            .collect();
+        pool.on_event(move |event| {
+            let Some(series) = series.get(event.index) else {
+                return;
+            };
+            match event.kind {
+                PoolEventKind::InFlight(now) => series.in_flight.set(now as f64),
+                PoolEventKind::Ejected { .. } => {
+                    series.ejections.increment(1);
+                    series
+                        .state
+                        .set(m::endpoint_state_value(EndpointState::Ejected));
+                }
+                PoolEventKind::Returned | PoolEventKind::Healthy => series
+                    .state
+                    .set(m::endpoint_state_value(EndpointState::Healthy)),
+                PoolEventKind::Unhealthy => series
+                    .state
+                    .set(m::endpoint_state_value(EndpointState::Unhealthy)),
+                PoolEventKind::Probe(failure) => {
+                    let result = failure.unwrap_or("pass");
+                    if let Some(index) = RESULTS.iter().position(|r| *r == result) {
+                        series.probes[index].increment(1);
+                    }
+                }
             }
         })
     }
@@ -150,6 +214,10 @@ impl Observer {
 
     pub(super) fn retry<C>(&self, retry: RetryLayer<C>) -> RetryLayer<C> {
         retry
+    }
+
+    pub(super) fn pool(&self, pool: PoolBuilder, _urls: &[(String, u32)]) -> PoolBuilder {
+        pool
     }
 
     pub(super) fn bulkhead(&self, bulkhead: BulkheadLayer) -> BulkheadLayer {

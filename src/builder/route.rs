@@ -14,6 +14,7 @@ use super::{BoxRoute, GatewayResponse};
 use crate::circuit_breaker::Trip;
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::rate_limit::Quota;
+use crate::upstream::{ActiveHealth, PassiveHealth, Policy, WhenNoneHealthy};
 use std::convert::Infallible;
 
 /// The default per-attempt timeout: 30 s.
@@ -25,7 +26,9 @@ pub(super) type WrapFn<B> = Arc<dyn Fn(BoxRoute<B>) -> BoxRoute<B> + Send + Sync
 /// A route's upstreams and settings, for [`GatewayBuilder::route`](super::GatewayBuilder::route).
 #[must_use]
 pub struct Route<B = Incoming> {
-    pub(super) upstreams: Vec<String>,
+    /// `(url, weight)`.
+    pub(super) upstreams: Vec<(String, u32)>,
+    pub(super) pool: PoolSettings,
     pub(super) strip_prefix: bool,
     pub(super) timeout: Duration,
     pub(super) anonymous: Vec<String>,
@@ -35,6 +38,16 @@ pub struct Route<B = Incoming> {
     pub(super) retry: Retries,
     pub(super) classifier: SharedClassifier,
     pub(super) layers: Vec<WrapFn<B>>,
+}
+
+/// A route's pool settings.
+#[derive(Clone, Debug, Default)]
+pub(super) struct PoolSettings {
+    pub(super) policy: Policy,
+    /// `None`: the default; `Some(None)`: off.
+    pub(super) passive: Option<Option<PassiveHealth>>,
+    pub(super) active: Option<ActiveHealth>,
+    pub(super) when_none: WhenNoneHealthy,
 }
 
 /// A route's retry settings.
@@ -57,6 +70,7 @@ impl<B> fmt::Debug for Route<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("upstreams", &self.upstreams)
+            .field("pool", &self.pool)
             .field("strip_prefix", &self.strip_prefix)
             .field("timeout", &self.timeout)
             .field("anonymous", &self.anonymous)
@@ -70,15 +84,30 @@ impl<B> fmt::Debug for Route<B> {
 }
 
 impl<B> Route<B> {
-    /// Forwards to `upstreams` (`http://host[:port][/base]`), round-robin when several, with
-    /// the prefix stripped and a 30 s timeout.
+    /// Forwards to `upstreams` (`http://host[:port][/base]`), a pool balanced round-robin
+    /// with outlier ejection on, with the prefix stripped and a 30 s timeout.
     pub fn to<I>(upstreams: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
+        Self::to_weighted(upstreams.into_iter().map(|url| (url, 1)))
+    }
+
+    /// Forwards to `(url, weight)` pairs (weights from 1 to 1000, for the
+    /// [`Weighted`](Policy::Weighted) and [`Hash`](Policy::Hash) policies); otherwise as
+    /// [`to`](Self::to).
+    pub fn to_weighted<I, U>(upstreams: I) -> Self
+    where
+        I: IntoIterator<Item = (U, u32)>,
+        U: Into<String>,
+    {
         Self {
-            upstreams: upstreams.into_iter().map(Into::into).collect(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|(url, weight)| (url.into(), weight))
+                .collect(),
+            pool: PoolSettings::default(),
             strip_prefix: true,
             timeout: DEFAULT_TIMEOUT,
             anonymous: Vec::new(),
@@ -150,6 +179,35 @@ impl<B> Route<B> {
     /// 4xx).
     pub fn classifier(mut self, classifier: impl FailureClassifier) -> Self {
         self.classifier = SharedClassifier::new(classifier);
+        self
+    }
+
+    /// How the route's upstreams share its requests (default [`Policy::RoundRobin`]); see
+    /// [`upstream`](crate::upstream).
+    pub fn balance(mut self, policy: Policy) -> Self {
+        self.pool.policy = policy;
+        self
+    }
+
+    /// Outlier ejection for the route's upstreams, or `None` to turn it off (default
+    /// [`PassiveHealth::new`]: 5 failures in a row eject an endpoint for 30 s and more).
+    /// Failures are what the route's [classifier](Self::classifier) says, plus connection
+    /// errors and timeouts; never a client's fault.
+    pub fn passive_health(mut self, passive: impl Into<Option<PassiveHealth>>) -> Self {
+        self.pool.passive = Some(passive.into());
+        self
+    }
+
+    /// Active health checks of the route's upstreams (default none).
+    pub fn active_health(mut self, active: ActiveHealth) -> Self {
+        self.pool.active = Some(active);
+        self
+    }
+
+    /// What the route does when none of its upstreams is usable (default
+    /// [`WhenNoneHealthy::Open`]: use them all).
+    pub fn when_none_healthy(mut self, when: WhenNoneHealthy) -> Self {
+        self.pool.when_none = when;
         self
     }
 

@@ -20,13 +20,14 @@ use crate::bulkhead::BulkheadLayer;
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::classify::SharedClassifier;
 use crate::forwarded::TrustedProxies;
-use crate::proxy::{ProxyService, Upstream};
+use crate::proxy::ProxyService;
 use crate::rate_limit::{ClientId, ClientKey, Quota, RateLimitLayer, RouteStore};
 use crate::retry::RetryLayer;
 use crate::timeout::TimeoutLayer;
+use crate::upstream::{Pool, PoolBuilder, PoolError};
 
-/// Checks a route's settings, all in one place, and parses its upstreams.
-pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<Vec<Upstream>, BuildError> {
+/// Checks a route's settings, all in one place.
+pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<(), BuildError> {
     if route.upstreams.is_empty() {
         return Err(BuildError::NoUpstreams(prefix.to_owned()));
     }
@@ -58,24 +59,63 @@ pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<Vec<Upstream>, 
             max,
         });
     }
-    route
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(index, url)| {
-            Upstream::parse(url).map_err(|source| BuildError::Upstream {
-                prefix: prefix.to_owned(),
-                index,
-                source,
-            })
-        })
-        .collect()
+    pool_settings(route)
+        .check()
+        .map_err(|error| pool_error(prefix, error))
+}
+
+/// The route's pool settings, before the observers and the carried state.
+fn pool_settings<B>(route: &Route<B>) -> PoolBuilder {
+    let settings = &route.pool;
+    let mut pool = PoolBuilder::weighted(route.upstreams.iter().cloned())
+        .policy(settings.policy.clone())
+        .when_none_healthy(settings.when_none)
+        .shared_classifier(route.classifier.clone());
+    if let Some(passive) = &settings.passive {
+        pool = pool.passive_health(passive.clone());
+    }
+    if let Some(active) = &settings.active {
+        pool = pool.active_health(active.clone());
+    }
+    pool
+}
+
+fn pool_error(prefix: &str, error: PoolError) -> BuildError {
+    match error {
+        PoolError::Url { index, source } => BuildError::Upstream {
+            prefix: prefix.to_owned(),
+            index,
+            source,
+        },
+        PoolError::Empty => BuildError::NoUpstreams(prefix.to_owned()),
+        source => BuildError::Pool {
+            prefix: prefix.to_owned(),
+            source,
+        },
+    }
+}
+
+/// The route's upstream pool: its endpoints' health carries over by URL.
+pub(super) fn pool<B>(
+    prefix: &str,
+    route: &Route<B>,
+    observe: &Observer,
+    old: &Carried,
+    carried: &mut Carried,
+) -> Result<Pool, BuildError> {
+    let mut pool = observe.pool(pool_settings(route), &route.upstreams);
+    if let Some(old) = &old.pool {
+        pool = pool.keep_state_of(old);
+    }
+    let pool = pool.build().map_err(|error| pool_error(prefix, error))?;
+    carried.pool = Some(pool.clone());
+    Ok(pool)
 }
 
 /// The proxy at the bottom: forwards to the route's upstreams.
 pub(super) fn proxy<B>(
     client: &GatewayClient<B>,
-    upstreams: Vec<Upstream>,
+    pool: Pool,
     trusted: &TrustedProxies,
     request_body_timeout: Option<Duration>,
 ) -> ProxyService<ForwardedBody<B>>
@@ -83,7 +123,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    ProxyService::new(client.clone(), upstreams)
+    ProxyService::new(client.clone(), pool)
         .trusted_proxies(trusted.clone())
         .request_body_timeout(request_body_timeout)
 }

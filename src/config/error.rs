@@ -3,8 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::proxy::UpstreamError;
 use crate::route::RouteError;
+use crate::upstream::UpstreamError;
 
 /// Why a config could not be read, parsed or accepted. Displays as one line naming the key.
 #[derive(Debug, thiserror::Error)]

@@ -58,12 +58,14 @@ use bytes::Bytes;
 
 pub use self::error::ConfigError;
 pub use self::schema::{
-    AdminConfig, ApiKeyConfig, AuthConfig, BulkheadConfig, CircuitBreakerConfig, Config,
-    RateLimitConfig, RateLimitStoreConfig, RetryConfig, RouteConfig, ServerConfig,
+    ActiveConfig, AdminConfig, ApiKeyConfig, AuthConfig, BalanceConfig, BulkheadConfig,
+    CircuitBreakerConfig, Config, HealthConfig, PassiveConfig, PolicyName, RateLimitConfig,
+    RateLimitStoreConfig, RetryConfig, RouteConfig, ServerConfig, UpstreamConfig, WhenNoneConfig,
 };
 use crate::builder::{BuildError, Gateway, GatewayBuilder, Route};
 use crate::forwarded::TrustedProxies;
 use crate::route::RouteError;
+use crate::upstream::PoolError;
 
 impl Config {
     /// Parses and [validates](Config::validate) a config.
@@ -169,12 +171,14 @@ impl Config {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         for (i, route) in self.routes.iter().enumerate() {
+            let upstreams = route.upstreams.iter().map(|u| (u.url.clone(), u.weight));
             let mut target = route.anonymous.iter().fold(
-                Route::to(route.upstreams.iter().cloned())
+                Route::to_weighted(upstreams)
                     .strip_prefix(route.strip_prefix)
                     .timeout(route.timeout),
                 |target, path| target.anonymous(path.clone()),
             );
+            target = route.pool(&format!("routes[{i}]"), target)?;
             if let Some(limit) = &route.rate_limit {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
             }
@@ -230,6 +234,19 @@ impl Config {
                 key: format!("{}.upstreams[{index}]", route_at(&prefix, 0)),
                 source,
             },
+            BuildError::Pool { prefix, source } => {
+                let route = route_at(&prefix, 0);
+                match source {
+                    PoolError::Weight { index, weight } => ConfigError::invalid(
+                        format!("{route}.upstreams[{index}].weight"),
+                        format_args!("{weight} is not between 1 and 1000"),
+                    ),
+                    PoolError::Active(message) => {
+                        ConfigError::invalid(format!("{route}.health.active"), message)
+                    }
+                    source => ConfigError::invalid(format!("{route}.health"), source),
+                }
+            }
             BuildError::NoUpstreams(prefix) => ConfigError::invalid(
                 format!("{}.upstreams", route_at(&prefix, 0)),
                 "a route needs at least one upstream",

@@ -15,8 +15,12 @@ use super::de::{cidrs, duration, header_name, optional_duration, socket_addr};
 use super::error::{ConfigError, first_set};
 use crate::api_key::KeySet;
 use crate::builder::DEFAULT_TIMEOUT;
+use crate::builder::Route;
 use crate::circuit_breaker::{FailureRate, FailureRateError, Trip};
 use crate::rate_limit::{OnStoreError, Quota, QuotaError};
+use crate::upstream::{
+    ActiveHealth, HashKey, LeastInFlight, PassiveHealth, Policy, WhenNoneHealthy,
+};
 
 /// The whole config file: `[server]`, `[auth]`, `[rate_limit_store]`, `[admin]` and the
 /// `[[routes]]`.
@@ -181,8 +185,9 @@ pub struct RateLimitStoreConfig {
 pub struct RouteConfig {
     /// `/` or `/seg(/seg)*`, matched on a segment boundary.
     pub prefix: String,
-    /// `http://host[:port][/base]` URLs, used round-robin.
-    pub upstreams: Vec<String>,
+    /// The pool: `http://host[:port][/base]` URLs, or `{ url = "...", weight = 3 }` tables
+    /// (weight 1 to 1000, default 1).
+    pub upstreams: Vec<UpstreamConfig>,
     /// Whether the prefix is cut off before forwarding (default `true`).
     #[serde(default = "yes")]
     pub strip_prefix: bool,
@@ -201,6 +206,284 @@ pub struct RouteConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// `[routes.retry]`: retries of this route's failed `GET`, `HEAD` and `OPTIONS` requests.
     pub retry: Option<RetryConfig>,
+    /// `[routes.balance]`: how the pool shares the route's requests.
+    pub balance: Option<BalanceConfig>,
+    /// `[routes.health]`: passive and active health of the pool's endpoints.
+    pub health: Option<HealthConfig>,
+}
+
+/// One of a route's `upstreams`: a URL string, or a table with a weight.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// `http://host[:port][/base]`.
+    pub url: String,
+    /// 1 to 1000 (default 1).
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for UpstreamConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL string or a table { url = \"...\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamConfig {
+                    url: url.to_owned(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(UpstreamConfig {
+                    url: table.url,
+                    weight: table.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[routes.balance]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BalanceConfig {
+    /// `round_robin` (default), `least_in_flight`, `weighted` or `hash`.
+    #[serde(default)]
+    pub policy: PolicyName,
+    /// For `hash`: `header:NAME`, `cookie:NAME`, `client_ip` or `path`.
+    pub hash_key: Option<String>,
+    /// `open` (default: use every endpoint) or `closed` (503) when none is usable.
+    #[serde(default)]
+    pub when_none_healthy: WhenNoneConfig,
+}
+
+/// `[routes.balance] policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PolicyName {
+    /// The usable endpoints in turn.
+    #[default]
+    RoundRobin,
+    /// The less loaded of two random endpoints.
+    LeastInFlight,
+    /// Smooth weighted round robin.
+    Weighted,
+    /// Consistent hashing on `hash_key`.
+    Hash,
+}
+
+/// `[routes.balance] when_none_healthy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WhenNoneConfig {
+    /// Use every endpoint as if healthy.
+    #[default]
+    Open,
+    /// Answer 503.
+    Closed,
+}
+
+/// `[routes.health]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// `[routes.health.passive]`: outlier ejection (on by default).
+    pub passive: Option<PassiveConfig>,
+    /// `[routes.health.active]`: background probes (off unless present).
+    pub active: Option<ActiveConfig>,
+}
+
+/// `[routes.health.passive]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PassiveConfig {
+    /// Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Attempt failures in a row that eject an endpoint (default 5).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// The n-th ejection lasts n times this (default 30s) ...
+    #[serde(default = "default_base_ejection", deserialize_with = "duration")]
+    pub base_ejection: Duration,
+    /// ... at most this (default 300s).
+    #[serde(default = "default_max_ejection", deserialize_with = "duration")]
+    pub max_ejection: Duration,
+    /// At most this share of the pool out at once, in percent (default 50; at least one of
+    /// two or more, never the last).
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u8,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejected_percent() -> u8 {
+    50
+}
+
+/// `[routes.health.active]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ActiveConfig {
+    /// The probed path, starting with `/`.
+    pub path: String,
+    /// Between probes (default 10s).
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A probe's limit (default 2s).
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Passes in a row that make an endpoint healthy (default 2).
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failures in a row that make it unhealthy (default 3).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+impl RouteConfig {
+    /// The route's pool settings on `route`, checked: key paths under `key`.
+    pub(super) fn pool<B>(&self, key: &str, mut route: Route<B>) -> Result<Route<B>, ConfigError> {
+        if let Some(balance) = &self.balance {
+            let key = format!("{key}.balance");
+            let policy = match (balance.policy, &balance.hash_key) {
+                (PolicyName::Hash, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.hash_key"),
+                        "policy \"hash\" needs a hash_key",
+                    ));
+                }
+                (PolicyName::Hash, Some(spec)) => {
+                    let hash_key = HashKey::parse(spec).ok_or_else(|| {
+                        ConfigError::invalid(
+                            format!("{key}.hash_key"),
+                            format_args!(
+                                "{spec:?} is not \"header:NAME\", \"cookie:NAME\", \"client_ip\" or \"path\""
+                            ),
+                        )
+                    })?;
+                    Policy::Hash(hash_key)
+                }
+                (_, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.hash_key"),
+                        "only goes with policy = \"hash\"",
+                    ));
+                }
+                (PolicyName::RoundRobin, None) => Policy::RoundRobin,
+                (PolicyName::LeastInFlight, None) => Policy::LeastInFlight(LeastInFlight::new()),
+                (PolicyName::Weighted, None) => Policy::Weighted,
+            };
+            route = route
+                .balance(policy)
+                .when_none_healthy(match balance.when_none_healthy {
+                    WhenNoneConfig::Open => WhenNoneHealthy::Open,
+                    WhenNoneConfig::Closed => WhenNoneHealthy::Closed,
+                });
+        }
+        let health = self.health.clone().unwrap_or_default();
+        if let Some(passive) = &health.passive {
+            let key = format!("{key}.health.passive");
+            let zero = [
+                ("consecutive_failures", passive.consecutive_failures == 0),
+                ("base_ejection", passive.base_ejection.is_zero()),
+                ("max_ejection", passive.max_ejection.is_zero()),
+            ];
+            if let Some(field) = first_set(&zero) {
+                return Err(ConfigError::zero(format!("{key}.{field}")));
+            }
+            if passive.max_ejected_percent > 100 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_ejected_percent"),
+                    format_args!("{} is more than 100", passive.max_ejected_percent),
+                ));
+            }
+            if passive.max_ejection < passive.base_ejection {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_ejection"),
+                    "is less than base_ejection",
+                ));
+            }
+            route = route.passive_health(passive.enabled.then(|| {
+                PassiveHealth::new()
+                    .consecutive_failures(passive.consecutive_failures)
+                    .base_ejection(passive.base_ejection)
+                    .max_ejection(passive.max_ejection)
+                    .max_ejected_percent(passive.max_ejected_percent)
+            }));
+        }
+        if let Some(active) = &health.active {
+            let key = format!("{key}.health.active");
+            let zero = [
+                ("interval", active.interval.is_zero()),
+                ("timeout", active.timeout.is_zero()),
+                ("healthy_threshold", active.healthy_threshold == 0),
+                ("unhealthy_threshold", active.unhealthy_threshold == 0),
+            ];
+            if let Some(field) = first_set(&zero) {
+                return Err(ConfigError::zero(format!("{key}.{field}")));
+            }
+            if !active.path.starts_with('/') || active.path.parse::<http::Uri>().is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.path"),
+                    format_args!("{:?} must be a path starting with '/'", active.path),
+                ));
+            }
+            route = route.active_health(
+                ActiveHealth::new(active.path.clone())
+                    .interval(active.interval)
+                    .timeout(active.timeout)
+                    .healthy_threshold(active.healthy_threshold)
+                    .unhealthy_threshold(active.unhealthy_threshold),
+            );
+        }
+        Ok(route)
+    }
 }
 
 /// `[routes.rate_limit]`: per route and per client.

@@ -17,11 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::time::later;
+use crate::upstream::Picked;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -266,5 +269,74 @@ mod tests {
             Some(BodyFault::Truncated)
         );
         assert!(ClientBodyError::find(&junk).is_none());
+    }
+}
+
+pin_project! {
+    /// The upstream's response body as the proxy hands it back: hyper's [`Incoming`], every
+    /// frame, size hint and end unchanged, counting the request in flight at its endpoint
+    /// (for the pool's `least_in_flight` and its admin view) until the body ends, fails or
+    /// is dropped.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        picked: Option<Picked>,
+    }
+}
+
+impl UpstreamBody {
+    pub(super) fn new(inner: Incoming, picked: Option<Picked>) -> Self {
+        let picked = picked.filter(|_| !inner.is_end_stream());
+        Self { inner, picked }
+    }
+
+    /// Unwraps hyper's body; the request stops counting in flight.
+    pub fn into_inner(self) -> Incoming {
+        self.inner
+    }
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if this.picked.is_some() && matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            *this.picked = None;
+        }
+        frame
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upgraded connection's endpoint, counted in flight until the tunnel closes.
+pub(super) struct InFlight(pub(super) Picked);
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }

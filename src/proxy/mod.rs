@@ -1,7 +1,9 @@
 //! The streaming reverse proxy: [`ProxyService`] and the headers it sets.
 //!
-//! [`ProxyService`] forwards a request to one of a route's [`Upstream`]s over a pooled
-//! keep-alive hyper-util client and hands the upstream's response back. Bodies stream both
+//! [`ProxyService`] forwards a request to the endpoint its [`Pool`](crate::upstream::Pool)
+//! picks, over a pooled keep-alive hyper-util client, and hands the upstream's response
+//! back, telling the pool how the attempt went (for outlier ejection) and counting it in
+//! flight at the endpoint until the response body ends. Bodies stream both
 //! ways, frame by frame, never buffered whole: the request body goes out as it arrives, and
 //! the response body is the upstream's own [`Incoming`](hyper::body::Incoming) inside a
 //! [`GatewayBody`](crate::body::GatewayBody).
@@ -36,13 +38,12 @@
 //! # Example
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! use tower_gateway::proxy::{ProxyClient, ProxyService, Upstream};
+//! use tower_gateway::proxy::{ProxyClient, ProxyService};
 //! use tower_gateway::server::Server;
+//! use tower_gateway::upstream::Pool;
 //!
-//! let proxy = ProxyService::new(
-//!     ProxyClient::new(),
-//!     vec![Upstream::parse("http://127.0.0.1:5051").unwrap()],
-//! );
+//! let pool = Pool::builder(["http://127.0.0.1:5051"]).build().unwrap();
+//! let proxy = ProxyService::new(ProxyClient::new(), pool);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! Server::new().serve(listener, proxy, std::future::pending()).await
 //! # }
@@ -59,6 +60,8 @@
 //!   the client left mid-body (for metrics and logs; nobody reads it).
 //! - `400 Bad Request`, kind [`RejectionKind::BadRequest`](crate::rejection::RejectionKind::BadRequest):
 //!   a request target that cannot be made into an upstream URI.
+//! - `503 Service Unavailable`, kind [`RejectionKind::NoHealthyUpstream`](crate::rejection::RejectionKind::NoHealthyUpstream):
+//!   no endpoint of the pool is usable and it fails closed; with `Retry-After`.
 //! - `405 Method Not Allowed`, kind [`RejectionKind::MethodNotAllowed`](crate::rejection::RejectionKind::MethodNotAllowed):
 //!   a `CONNECT`, never sent upstream.
 
@@ -68,9 +71,10 @@ mod forward;
 mod service;
 mod upgrade;
 
+pub use body::UpstreamBody;
 pub use error::ProxyError;
 pub use forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use service::{
-    Attempt, Balance, DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService,
-    ResponseFuture, RoundRobin, Upstream, UpstreamError,
+    Attempt, DEFAULT_REQUEST_BODY_TIMEOUT, ProxyClient, ProxyClientBuilder, ProxyService,
+    ResponseFuture,
 };

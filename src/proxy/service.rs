@@ -5,13 +5,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -21,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::{HeadArrived, SentBody};
+use super::body::{HeadArrived, InFlight, SentBody, UpstreamBody};
 use super::error::ProxyError;
 use super::forward::set_forwarding_headers;
 use super::upgrade;
@@ -29,6 +27,7 @@ use crate::body::GatewayBody;
 use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
 use crate::forwarded::TrustedProxies;
 use crate::rejection::{Fault, Rejection, RejectionKind};
+use crate::upstream::{Picked, Pool, RequestHead, Tried, Upstream, with_tried};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with, for request bodies of type
 /// `B`. Cloning is a reference-count bump, and the clones share one connection pool: share
@@ -162,110 +161,9 @@ impl ProxyClientBuilder {
     }
 }
 
-/// An upstream URL that is not `http://host[:port][/base-path]`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpstreamError {
-    /// Not a URL at all.
-    #[error("invalid upstream URL {0:?}: expected http://host[:port][/path]")]
-    Invalid(String),
-    /// A scheme other than `http`.
-    #[error("unsupported scheme in upstream URL {0:?}: only http:// is supported")]
-    Scheme(String),
-    /// A query, or user information in the authority.
-    #[error("upstream URL {0:?} must not have a query or user information")]
-    Extra(String),
-}
-
-/// Where a route's requests go: scheme, authority and an optional base path.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    host: HeaderValue,
-    base: Option<Box<str>>,
-    url: Box<str>,
-}
-
-impl Upstream {
-    /// Parses `http://host[:port][/base-path]`. The base path, if any, is put in front of the
-    /// path of every forwarded request.
-    pub fn parse(url: &str) -> Result<Self, UpstreamError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| UpstreamError::Invalid(url.to_owned()))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(UpstreamError::Invalid(url.to_owned()));
-        };
-        if scheme != &Scheme::HTTP {
-            return Err(UpstreamError::Scheme(url.to_owned()));
-        }
-        if uri.query().is_some() || authority.as_str().contains('@') || authority.host().is_empty()
-        {
-            return Err(UpstreamError::Extra(url.to_owned()));
-        }
-        let base = uri.path().trim_end_matches('/');
-        Ok(Self {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-            host: HeaderValue::from_str(authority.as_str())
-                .map_err(|_| UpstreamError::Invalid(url.to_owned()))?,
-            base: (!base.is_empty()).then(|| base.into()),
-            url: url.into(),
-        })
-    }
-
-    /// The URL it was parsed from.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The upstream URI for a request to `uri` (whose path and query are kept).
-    fn uri_for(&self, uri: &Uri) -> Option<Uri> {
-        let path_and_query = match (&self.base, uri.path_and_query()) {
-            (None, Some(pq)) => pq.clone(),
-            (None, None) => PathAndQuery::from_static("/"),
-            (Some(base), pq) => {
-                let pq = pq.map_or("/", PathAndQuery::as_str);
-                PathAndQuery::try_from(format!("{base}{pq}")).ok()?
-            }
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()
-    }
-}
-
-/// Picks which of a route's upstreams serves the next request: the seam where load
-/// balancing strategies plug in.
-pub trait Balance: Send + Sync + 'static {
-    /// An index into `upstreams`, which is never empty.
-    fn pick(&self, upstreams: &[Upstream]) -> usize;
-}
-
-/// Takes the upstreams in turn (the default).
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    next: AtomicUsize,
-}
-
-impl Balance for RoundRobin {
-    #[inline]
-    fn pick(&self, upstreams: &[Upstream]) -> usize {
-        if upstreams.len() == 1 {
-            return 0;
-        }
-        self.next.fetch_add(1, Ordering::Relaxed) % upstreams.len()
-    }
-}
-
-struct Inner<B, L> {
+struct Inner<B> {
     client: ProxyClient<B>,
-    upstreams: Arc<[Upstream]>,
-    balance: Arc<L>,
+    pool: Pool,
     trusted: TrustedProxies,
     proto: HeaderValue,
     request_body_timeout: Option<Duration>,
@@ -290,12 +188,11 @@ pub struct Attempt<'a> {
 
 type AttemptHook = Arc<dyn Fn(&Attempt<'_>) + Send + Sync>;
 
-impl<B, L> Clone for Inner<B, L> {
+impl<B> Clone for Inner<B> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
-            upstreams: Arc::clone(&self.upstreams),
-            balance: Arc::clone(&self.balance),
+            pool: self.pool.clone(),
             trusted: self.trusted.clone(),
             proto: self.proto.clone(),
             request_body_timeout: self.request_body_timeout,
@@ -306,29 +203,25 @@ impl<B, L> Clone for Inner<B, L> {
 
 /// What an attempt needs to report itself when it ends, kept only when there is a hook.
 struct AttemptTimer {
-    started: Option<(tokio::time::Instant, AttemptHook, Arc<[Upstream]>, usize)>,
+    started: Option<(tokio::time::Instant, AttemptHook)>,
 }
 
 impl AttemptTimer {
     #[inline]
-    fn start<B, L>(inner: &Inner<B, L>, index: usize) -> Self {
+    fn start<B>(inner: &Inner<B>) -> Self {
         Self {
-            started: inner.on_attempt.as_ref().map(|hook| {
-                (
-                    tokio::time::Instant::now(),
-                    Arc::clone(hook),
-                    Arc::clone(&inner.upstreams),
-                    index,
-                )
-            }),
+            started: inner
+                .on_attempt
+                .as_ref()
+                .map(|hook| (tokio::time::Instant::now(), Arc::clone(hook))),
         }
     }
 
     #[inline]
-    fn stop(&mut self, outcome: Result<StatusCode, &ProxyError>) {
-        if let Some((started, hook, upstreams, index)) = self.started.take() {
+    fn stop(&mut self, upstream: &Upstream, outcome: Result<StatusCode, &ProxyError>) {
+        if let Some((started, hook)) = self.started.take() {
             hook(&Attempt {
-                upstream: &upstreams[index],
+                upstream,
                 latency: started.elapsed(),
                 outcome,
             });
@@ -339,11 +232,11 @@ impl AttemptTimer {
 /// Forwards requests to a route's upstreams; see the [module docs](super).
 ///
 /// Always ready, like the client underneath. Cloning is a reference-count bump.
-pub struct ProxyService<B = Incoming, L = RoundRobin> {
-    inner: Arc<Inner<B, L>>,
+pub struct ProxyService<B = Incoming> {
+    inner: Arc<Inner<B>>,
 }
 
-impl<B, L> Clone for ProxyService<B, L> {
+impl<B> Clone for ProxyService<B> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -351,44 +244,34 @@ impl<B, L> Clone for ProxyService<B, L> {
     }
 }
 
-impl<B, L> fmt::Debug for ProxyService<B, L> {
+impl<B> fmt::Debug for ProxyService<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let urls: Vec<&str> = self.inner.upstreams.iter().map(Upstream::url).collect();
         f.debug_struct("ProxyService")
-            .field("upstreams", &urls)
+            .field("pool", &self.inner.pool)
             .field("trusted", &self.inner.trusted)
             .finish_non_exhaustive()
     }
 }
 
-impl<B> ProxyService<B, RoundRobin> {
-    /// Forwards to `upstreams` in turn over `client`.
-    ///
-    /// # Panics
-    /// If `upstreams` is empty: a proxy needs somewhere to forward to.
-    pub fn new(client: ProxyClient<B>, upstreams: Vec<Upstream>) -> Self {
-        Self::with_balance(client, upstreams, RoundRobin::default())
-    }
-}
-
-impl<B, L: Balance> ProxyService<B, L> {
-    /// Forwards to the upstream `balance` picks.
-    ///
-    /// # Panics
-    /// If `upstreams` is empty: a proxy needs somewhere to forward to.
-    pub fn with_balance(client: ProxyClient<B>, upstreams: Vec<Upstream>, balance: L) -> Self {
-        assert!(!upstreams.is_empty(), "a proxy needs at least one upstream");
+impl<B> ProxyService<B> {
+    /// Forwards to the endpoints of `pool` over `client`, as the pool picks them (a
+    /// one-endpoint pool for a single upstream: `Pool::builder([url]).build()`).
+    pub fn new(client: ProxyClient<B>, pool: Pool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
-                upstreams: upstreams.into(),
-                balance: Arc::new(balance),
+                pool,
                 trusted: TrustedProxies::none(),
                 proto: HeaderValue::from_static("http"),
                 request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
                 on_attempt: None,
             }),
         }
+    }
+
+    /// The pool it forwards to.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
     }
 
     /// Keeps `X-Forwarded-Proto`/`-Host` from peers in `trusted`. Like every setter here, it
@@ -428,18 +311,17 @@ impl<B, L: Balance> ProxyService<B, L> {
     }
 
     /// This service's settings, copied first when clones share them.
-    fn inner_mut(&mut self) -> &mut Inner<B, L> {
+    fn inner_mut(&mut self) -> &mut Inner<B> {
         Arc::make_mut(&mut self.inner)
     }
 }
 
-impl<B, L> Service<Request<B>> for ProxyService<B, L>
+impl<B> Service<Request<B>> for ProxyService<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    L: Balance,
 {
-    type Response = Response<GatewayBody<Incoming>>;
+    type Response = Response<GatewayBody<UpstreamBody>>;
     type Error = std::convert::Infallible;
     type Future = ResponseFuture;
 
@@ -458,9 +340,23 @@ where
             );
         }
         let inner = &*self.inner;
-        let index = inner.balance.pick(&inner.upstreams);
-        let upstream = &inner.upstreams[index];
+        // Endpoints a retry already tried (only a pool of several has a choice).
+        let tried = if inner.pool.len() > 1 {
+            req.extensions().get::<Tried>().copied().unwrap_or_default()
+        } else {
+            Tried::default()
+        };
         let correlation_id = req.extensions().get::<CorrelationId>().cloned();
+        let picked = match inner.pool.pick(RequestHead::from(&req), tried) {
+            Ok(picked) => picked,
+            Err(none) => {
+                let rejection = Rejection::new(RejectionKind::NoHealthyUpstream)
+                    .with_retry_after(none.retry_after)
+                    .for_request(&req);
+                return ResponseFuture::answer(rejection.into_response());
+            }
+        };
+        let upstream = picked.upstream();
         let Some(uri) = upstream.uri_for(req.uri()) else {
             let rejection = Rejection::new(RejectionKind::BadRequest)
                 .with_detail("the request target cannot be forwarded")
@@ -484,13 +380,14 @@ where
             None
         };
         if let Some(slot) = hand_back.filter(|_| client_upgrade.is_none()) {
-            req = hand_back_parts(req, &slot);
+            let tried = (inner.pool.len() > 1).then(|| with_tried(tried, picked.index()));
+            req = hand_back_parts(req, &slot, tried);
         }
         set_forwarding_headers(
             req.headers_mut(),
             peer,
             target_authority.as_ref(),
-            &upstream.host,
+            upstream.host(),
             &inner.proto,
             &inner.trusted,
         );
@@ -506,7 +403,8 @@ where
         let req = req.map(|body| SentBody::new(body, head));
         ResponseFuture {
             state: State::Forward {
-                timer: AttemptTimer::start(inner, index),
+                timer: AttemptTimer::start(inner),
+                picked: Some(picked),
                 fut: inner.client.client.request(req),
                 client_upgrade,
                 correlation_id,
@@ -516,13 +414,17 @@ where
     }
 }
 
-/// Puts `req`'s parts into `slot` for the layer that asked for them (a retry) and returns
+/// Puts `req`'s parts into `slot` for the layer that asked for them (a retry), with the
+/// endpoints tried so far when the pool has a choice, and returns
 /// what is sent instead: the same method, headers and body, with no extensions (the client
 /// reads none). The original header map, with the spare room the server's parser left, is
 /// the one sent and grown by the forwarding headers; the kept copy is exactly as large as it
 /// needs to be.
-fn hand_back_parts<B>(req: Request<B>, slot: &HandBack) -> Request<B> {
+fn hand_back_parts<B>(req: Request<B>, slot: &HandBack, tried: Option<Tried>) -> Request<B> {
     let (mut parts, body) = req.into_parts();
+    if let Some(tried) = tried {
+        parts.extensions.insert(tried);
+    }
     let kept = parts.headers.clone();
     let mut sent = Request::new(body);
     *sent.method_mut() = parts.method.clone();
@@ -549,13 +451,14 @@ pin_project! {
             correlation_id: Option<CorrelationId>,
             timer: AttemptTimer,
             head_arrived: Option<Arc<HeadArrived>>,
+            picked: Option<Picked>,
         },
-        Answer { res: Option<Response<GatewayBody<Incoming>>> },
+        Answer { res: Option<Response<GatewayBody<UpstreamBody>>> },
     }
 }
 
 impl ResponseFuture {
-    fn answer(res: Response<GatewayBody<Incoming>>) -> Self {
+    fn answer(res: Response<GatewayBody<UpstreamBody>>) -> Self {
         Self {
             state: State::Answer { res: Some(res) },
         }
@@ -569,7 +472,7 @@ impl fmt::Debug for ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Response<GatewayBody<Incoming>>, std::convert::Infallible>;
+    type Output = Result<Response<GatewayBody<UpstreamBody>>, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -582,13 +485,16 @@ impl Future for ResponseFuture {
                 correlation_id,
                 timer,
                 head_arrived,
+                picked,
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(mut res)) => {
                     if let Some(head) = head_arrived {
                         head.set();
                     }
-                    timer.stop(Ok(res.status()));
+                    let mut picked = picked.take().expect("polled after completion");
+                    timer.stop(picked.upstream(), Ok(res.status()));
+                    picked.answered(&res);
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let Some((client, guards)) = client_upgrade.take() else {
                             // Nothing to join it to: the client would wait on a dead socket.
@@ -599,13 +505,23 @@ impl Future for ResponseFuture {
                                 .into_response()));
                         };
                         let upstream = hyper::upgrade::on(&mut res);
+                        // The endpoint counts the tunnel in flight until it closes.
+                        let mut guards = guards;
+                        guards.push(Arc::new(InFlight(picked)));
                         tokio::spawn(upgrade::tunnel(client, upstream, guards));
+                        return Poll::Ready(Ok(
+                            res.map(|body| GatewayBody::stream(UpstreamBody::new(body, None)))
+                        ));
                     }
-                    Poll::Ready(Ok(res.map(GatewayBody::stream)))
+                    Poll::Ready(Ok(res.map(|body| {
+                        GatewayBody::stream(UpstreamBody::new(body, Some(picked)))
+                    })))
                 }
                 Poll::Ready(Err(error)) => {
                     let error = ProxyError::from_client(error);
-                    timer.stop(Err(&error));
+                    let mut picked = picked.take().expect("polled after completion");
+                    timer.stop(picked.upstream(), Err(&error));
+                    picked.broke(error.fault());
                     let source = std::error::Error::source(&error);
                     if error.fault() == Fault::Upstream {
                         tracing::debug!(%error, ?source, "upstream failed");
@@ -617,7 +533,7 @@ impl Future for ResponseFuture {
                     if let Some(id) = correlation_id.take() {
                         rejection = rejection.with_correlation_id(id);
                     }
-                    let mut res: Response<GatewayBody<Incoming>> = rejection.into_response();
+                    let mut res: Response<GatewayBody<UpstreamBody>> = rejection.into_response();
                     res.extensions_mut().insert(error);
                     Poll::Ready(Ok(res))
                 }

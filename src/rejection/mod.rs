@@ -112,6 +112,9 @@ pub enum RejectionKind {
     CircuitOpen,
     /// 503: a dependency of the gateway (a shared store, say) is unavailable.
     ServiceUnavailable,
+    /// 503: none of the route's upstream endpoints is usable (every one ejected or failing
+    /// its health check) and the route fails closed.
+    NoHealthyUpstream,
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
     /// Any other status, for a layer of your own (`412`, `415`, `422`, ...): the title is the
@@ -211,6 +214,12 @@ impl RejectionKind {
                 "ServiceUnavailable",
                 "the gateway cannot serve this request right now",
             ),
+            Self::NoHealthyUpstream => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "NoHealthyUpstream",
+                "no healthy upstream",
+            ),
             Self::GatewayTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "Gateway Timeout",
@@ -255,7 +264,7 @@ impl RejectionKind {
             | Self::RateLimited
             | Self::RequestHeaderFieldsTooLarge
             | Self::ClientClosedRequest => Fault::Client,
-            Self::BadGateway | Self::GatewayTimeout => Fault::Upstream,
+            Self::BadGateway | Self::GatewayTimeout | Self::NoHealthyUpstream => Fault::Upstream,
             Self::Other(status) if status.is_client_error() => Fault::Client,
             Self::ConcurrencyLimited
             | Self::CircuitOpen
@@ -265,7 +274,7 @@ impl RejectionKind {
     }
 
     /// Every value [`reason`](Self::reason) takes.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 14] = [
         "bad_request",
         "auth",
         "no_route",
@@ -279,13 +288,14 @@ impl RejectionKind {
         "request_body_timeout",
         "client_closed",
         "method_not_allowed",
+        "no_healthy_upstream",
     ];
 
     /// Why the gateway answered, in the words of metrics and logs: `auth` (401 and 403),
     /// `rate_limit`, `bulkhead`, `circuit_breaker`, `timeout`, `upstream` (502 and 503
     /// for an unavailable dependency), `no_route`, `bad_request`, `headers_too_large`,
     /// `request_body_timeout` (408), `client_closed` (499), `method_not_allowed` (405),
-    /// and `other` for
+    /// `no_healthy_upstream` (503: every endpoint of the route is out), and `other` for
     /// [`Other`](Self::Other).
     pub const fn reason(self) -> &'static str {
         Self::REASONS[self.reason_index()]
@@ -306,6 +316,7 @@ impl RejectionKind {
             Self::RequestTimeout => 10,
             Self::ClientClosedRequest => 11,
             Self::MethodNotAllowed => 12,
+            Self::NoHealthyUpstream => 13,
         }
     }
 }
@@ -407,6 +418,37 @@ pub enum Fault {
     /// The gateway's own state or capacity (a full bulkhead, an open breaker, a store that
     /// is down), or a layer of yours that refuses with a 5xx.
     Gateway,
+}
+
+impl Fault {
+    /// Runs `cancel`, which drops a future (or anything else) on someone's behalf, telling
+    /// whatever it drops whose fault the cancellation is: during `cancel`, on this thread,
+    /// [`of_cancellation`](Self::of_cancellation) says `self`. The
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) drops the attempt it gave up on this
+    /// way, as the upstream's fault, so that the proxy counts the timeout against the
+    /// endpoint it went to. A layer of yours that cancels can do the same.
+    pub fn blame<R>(self, cancel: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Fault>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CANCELLED_BY.with(|cell| cell.set(self.0));
+            }
+        }
+        let _restore = Restore(CANCELLED_BY.with(|cell| cell.replace(Some(self))));
+        cancel()
+    }
+
+    /// In a `Drop`, whose fault the cancellation that is dropping this value is, when the
+    /// canceller said so with [`blame`](Self::blame); `None` for a plain drop (a client
+    /// that hung up drops the whole request without saying anything).
+    pub fn of_cancellation() -> Option<Fault> {
+        CANCELLED_BY.with(std::cell::Cell::get)
+    }
+}
+
+thread_local! {
+    /// Set by [`Fault::blame`] while it runs.
+    static CANCELLED_BY: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
 }
 
 /// What the `Allow` of a refused `CONNECT` lists: every method the gateway forwards.
@@ -670,6 +712,7 @@ mod tests {
             (BadGateway, 502),
             (CircuitOpen, 503),
             (ServiceUnavailable, 503),
+            (NoHealthyUpstream, 503),
             (GatewayTimeout, 504),
         ];
         for (kind, status) in table {

@@ -1,10 +1,7 @@
 //! [`RetryPolicy`]: when to retry, and how long to wait first.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
 use std::error::Error as StdError;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +16,7 @@ use super::budget::RetryBudget;
 use super::replay_body::RetryBody;
 use crate::classify::{FailureClassifier, ResponseHead};
 use crate::extensions::MatchedRoute;
+use crate::random::random;
 
 /// Which methods are retried, as bits.
 pub(super) const GET: u8 = 1;
@@ -130,22 +128,6 @@ impl<C> Settings<C> {
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(random() % nanos.saturating_add(1))
     }
-}
-
-/// A fast random number, for jitter only (xorshift64*, one state per thread, seeded from
-/// the standard library's random hasher keys).
-fn random() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
 }
 
 /// The wait an upstream asked for in `Retry-After`: seconds, or an HTTP date.

@@ -1,0 +1,366 @@
+//! One endpoint's health and load, shared by every pool that lists its URL (a reload's old
+//! and new pool), so that its state outlives the pool it was first built for.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The endpoint fails its active health check.
+const UNHEALTHY: u64 = 1;
+/// The endpoint is back from an ejection and has not succeeded since: one failure ejects it.
+const PROBATION: u64 = 2;
+/// The rest of the state word: when the ejection ends, in nanoseconds from `epoch` (never 0
+/// while ejected); 0 when it is not ejected.
+const UNTIL_SHIFT: u32 = 2;
+
+/// What the admin view and the hooks call an endpoint's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// Takes traffic.
+    Healthy,
+    /// Out after consecutive failures, until its ejection ends or a probe passes.
+    Ejected,
+    /// Failing its active health check.
+    Unhealthy,
+}
+
+impl EndpointState {
+    /// `healthy`, `ejected` or `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Ejected => "ejected",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The state of one endpoint: atomics for what the request path reads and writes, a lock
+/// for the rare transitions.
+pub(super) struct Endpoint {
+    epoch: Instant,
+    /// `until << 2 | PROBATION | UNHEALTHY`: zero means usable with nothing to watch.
+    state: AtomicU64,
+    pub(super) in_flight: AtomicUsize,
+    /// Attempt failures in a row.
+    failures: AtomicU32,
+    /// Peak-EWMA latency estimate, as `f64` nanoseconds' bits; 0 before the first sample.
+    latency: AtomicU64,
+    /// When the estimate was last moved, in nanoseconds from `epoch`.
+    latency_at: AtomicU64,
+    record: Mutex<Record>,
+}
+
+/// What only transitions touch.
+struct Record {
+    /// Ejections so far, less one for each `base_ejection` spent back in service without a
+    /// failure (settled when the count is read).
+    ejections: u32,
+    /// Since when the endpoint has been back without a failure (for the count's decay).
+    clean_since: Instant,
+    /// When the state last changed.
+    since: Instant,
+    probe_passes: u32,
+    probe_failures: u32,
+    probes: u64,
+    probe_failures_total: u64,
+    ejections_total: u64,
+}
+
+/// A transition, for logs and hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    Ejected { ejections: u32, duration: Duration },
+    Returned,
+    Unhealthy,
+    Healthy,
+}
+
+impl Endpoint {
+    pub(super) fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            epoch: now,
+            state: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            latency: AtomicU64::new(0),
+            latency_at: AtomicU64::new(0),
+            record: Mutex::new(Record {
+                ejections: 0,
+                clean_since: now,
+                since: now,
+                probe_passes: 0,
+                probe_failures: 0,
+                probes: 0,
+                probe_failures_total: 0,
+                ejections_total: 0,
+            }),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 2)
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        // A panic elsewhere never leaves a record half-written: every field is a plain value.
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the endpoint takes traffic: not failing its health check and not ejected (an
+    /// ejection whose time is up ends here, on probation, and `on_return` runs). One atomic
+    /// load when it is.
+    #[inline]
+    pub(super) fn is_usable(&self, on_return: impl FnOnce()) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        if state & !PROBATION == 0 {
+            return true;
+        }
+        if state & UNHEALTHY != 0 {
+            return false;
+        }
+        match self.ejection_over(state, Instant::now()) {
+            Some(true) => {
+                on_return();
+                true
+            }
+            Some(false) => true,
+            None => false,
+        }
+    }
+
+    /// Ends an ejection (state word `state`) whose time is up at `now`; `Some(true)` when
+    /// this call ended it, `Some(false)` when another did, `None` when it is still on.
+    fn ejection_over(&self, state: u64, now: Instant) -> Option<bool> {
+        let until = state >> UNTIL_SHIFT;
+        if until == 0 {
+            return Some(false);
+        }
+        if self.nanos(now) < until {
+            return None;
+        }
+        let back = (state & UNHEALTHY) | PROBATION;
+        let won = self
+            .state
+            .compare_exchange(state, back, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            let mut record = self.record();
+            record.clean_since = now;
+            record.since = now;
+        }
+        Some(won)
+    }
+
+    /// Whether the endpoint is ejected now.
+    pub(super) fn is_ejected(&self, now: Instant) -> bool {
+        let until = self.state.load(Ordering::Acquire) >> UNTIL_SHIFT;
+        until != 0 && self.nanos(now) < until
+    }
+
+    /// When its ejection ends, if it is ejected.
+    pub(super) fn ejected_until(&self) -> Option<Instant> {
+        let until = self.state.load(Ordering::Acquire) >> UNTIL_SHIFT;
+        (until != 0).then(|| self.epoch + Duration::from_nanos(until))
+    }
+
+    pub(super) fn state(&self, now: Instant) -> EndpointState {
+        let state = self.state.load(Ordering::Acquire);
+        if state & UNHEALTHY != 0 {
+            EndpointState::Unhealthy
+        } else if self.is_ejected(now) {
+            EndpointState::Ejected
+        } else {
+            EndpointState::Healthy
+        }
+    }
+
+    /// An attempt succeeded: the failure count and probation end. A load, and no write
+    /// when there is nothing to reset.
+    #[inline]
+    pub(super) fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.state.load(Ordering::Relaxed) & PROBATION != 0 {
+            self.state.fetch_and(!PROBATION, Ordering::AcqRel);
+        }
+    }
+
+    /// An attempt failed: whether it is time to eject (`threshold` failures in a row, or one
+    /// on probation) and the endpoint is not ejected already.
+    pub(super) fn failed(&self, threshold: u32) -> bool {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let state = self.state.load(Ordering::Acquire);
+        if state >> UNTIL_SHIFT != 0 {
+            return false;
+        }
+        failures >= threshold || state & PROBATION != 0
+    }
+
+    /// Ejects the endpoint: for `base` times its ejection count (after this one, less the
+    /// clean periods since the last) up to `max`, plus `jitter`. The caller holds the pool's
+    /// ejection lock and has checked the pool's cap.
+    pub(super) fn eject(
+        &self,
+        base: Duration,
+        max: Duration,
+        jitter: Duration,
+        now: Instant,
+    ) -> Change {
+        let mut record = self.record();
+        let clean = settle(record.ejections, record.clean_since, base, now);
+        record.ejections = clean.saturating_add(1);
+        record.ejections_total += 1;
+        record.since = now;
+        let duration = base
+            .saturating_mul(record.ejections)
+            .min(max)
+            .saturating_add(jitter);
+        let until = self.nanos(crate::time::later(now, duration)).max(1);
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = (until << UNTIL_SHIFT) | (state & UNHEALTHY);
+            match self
+                .state
+                .compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now_state) => state = now_state,
+            }
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        Change::Ejected {
+            ejections: record.ejections,
+            duration,
+        }
+    }
+
+    /// A failure that did not eject still ends the clean period the ejection count decays
+    /// over.
+    pub(super) fn dirty(&self, now: Instant) {
+        self.record().clean_since = now;
+    }
+
+    /// An active probe's result, with the thresholds that flip the state; the changes it
+    /// made (becoming healthy also ends an ejection).
+    pub(super) fn probed(
+        &self,
+        passed: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+        now: Instant,
+    ) -> (Option<Change>, Option<Change>) {
+        let mut record = self.record();
+        record.probes += 1;
+        let state = self.state.load(Ordering::Acquire);
+        if passed {
+            record.probe_failures = 0;
+            record.probe_passes = record.probe_passes.saturating_add(1);
+            let mut changes = (None, None);
+            if state & UNHEALTHY != 0 && record.probe_passes >= healthy_threshold {
+                self.state.fetch_and(!UNHEALTHY, Ordering::AcqRel);
+                record.since = now;
+                changes.0 = Some(Change::Healthy);
+            }
+            if self.is_ejected(now) {
+                // A passing probe ends an ejection, without probation: the endpoint answered.
+                self.state.fetch_and(UNHEALTHY, Ordering::AcqRel);
+                self.failures.store(0, Ordering::Relaxed);
+                record.clean_since = now;
+                record.since = now;
+                changes.1 = Some(Change::Returned);
+            }
+            changes
+        } else {
+            record.probe_failures_total += 1;
+            record.probe_passes = 0;
+            record.probe_failures = record.probe_failures.saturating_add(1);
+            if state & UNHEALTHY == 0 && record.probe_failures >= unhealthy_threshold {
+                self.state.fetch_or(UNHEALTHY, Ordering::AcqRel);
+                record.since = now;
+                return (Some(Change::Unhealthy), None);
+            }
+            (None, None)
+        }
+    }
+
+    /// Forgets the active check's verdict (a reload turned the checks off).
+    pub(super) fn clear_probe_state(&self) {
+        let mut record = self.record();
+        record.probe_passes = 0;
+        record.probe_failures = 0;
+        self.state.fetch_and(!UNHEALTHY, Ordering::AcqRel);
+    }
+
+    /// Moves the peak-EWMA latency estimate by one sample: a sample above it replaces it
+    /// (a slow endpoint is noticed at once), one below pulls it down by how long ago the
+    /// last sample was, over `decay`.
+    pub(super) fn observe_latency(&self, sample: Duration, decay: Duration, now: Instant) {
+        let sample = sample.as_nanos() as f64;
+        let now = self.nanos(now);
+        let at = self.latency_at.swap(now, Ordering::Relaxed);
+        let old = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        let estimate = if old == 0.0 || sample > old {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(at) as f64;
+            let weight = (-elapsed / decay.as_nanos().max(1) as f64).exp();
+            old * weight + sample * (1.0 - weight)
+        };
+        self.latency.store(estimate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The latency estimate, or `initial` before the first sample.
+    #[inline]
+    pub(super) fn latency_or(&self, initial: Duration) -> f64 {
+        let estimate = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        if estimate == 0.0 {
+            initial.as_nanos() as f64
+        } else {
+            estimate
+        }
+    }
+
+    /// The latency estimate, if there has been a sample.
+    pub(super) fn latency(&self) -> Option<Duration> {
+        let estimate = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        (estimate > 0.0).then(|| Duration::from_nanos(estimate as u64))
+    }
+
+    /// `(ejections, ejections_total, probes, probe failures, since)` for the admin view,
+    /// with the ejection count settled at `now`.
+    pub(super) fn counts(&self, base: Duration, now: Instant) -> (u32, u64, u64, u64, Instant) {
+        let record = self.record();
+        let ejections = if self.is_ejected(now) {
+            record.ejections
+        } else {
+            settle(record.ejections, record.clean_since, base, now)
+        };
+        (
+            ejections,
+            record.ejections_total,
+            record.probes,
+            record.probe_failures_total,
+            record.since,
+        )
+    }
+}
+
+/// An ejection count less one for each whole `base` since `clean_since`.
+fn settle(ejections: u32, clean_since: Instant, base: Duration, now: Instant) -> u32 {
+    if base.is_zero() {
+        return ejections;
+    }
+    let periods = now.saturating_duration_since(clean_since).as_nanos() / base.as_nanos();
+    ejections.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
+}

@@ -1,0 +1,737 @@
+//! [`Pool`]: a route's endpoints, how they are balanced, and their health.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Response;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::balance::{Balance, Candidates, Mode, Policy, RequestHead, bit};
+use super::endpoint::{Change, Endpoint, EndpointState};
+use super::health::{ActiveHealth, PassiveHealth, Prober};
+use super::url::{Upstream, UpstreamError};
+use crate::classify::{FailureClassifier, ResponseHead, SharedClassifier};
+use crate::rejection::Fault;
+
+/// What a pool does when none of its endpoints is usable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenNoneHealthy {
+    /// Use them all as if they were healthy (the default): a health signal that is wrong
+    /// about every endpoint at once should not take the route down.
+    #[default]
+    Open,
+    /// Refuse: `503`, `no healthy upstream`, with `Retry-After`.
+    Closed,
+}
+
+/// One endpoint of a pool.
+pub(super) struct Slot {
+    pub(super) upstream: Upstream,
+    pub(super) weight: u32,
+    pub(super) endpoint: Arc<Endpoint>,
+    prober: Option<Arc<Prober>>,
+}
+
+/// Something that happened to an endpoint of a pool, for [`PoolBuilder::on_event`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PoolEvent<'a> {
+    /// The endpoint's index in the pool (the order it was listed in).
+    pub index: usize,
+    /// The endpoint's URL.
+    pub endpoint: &'a str,
+    /// What happened.
+    pub kind: PoolEventKind,
+}
+
+/// What happened to an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum PoolEventKind {
+    /// Ejected after consecutive failures, for `duration`; its `ejections`-th ejection
+    /// (as its count stands, after the decay).
+    Ejected {
+        /// Its ejection count.
+        ejections: u32,
+        /// How long it is out.
+        duration: Duration,
+    },
+    /// Back in service after an ejection.
+    Returned,
+    /// Marked unhealthy by its active check.
+    Unhealthy,
+    /// Marked healthy by its active check.
+    Healthy,
+    /// An active probe ended: `None` when it passed, else why it failed (`connect`,
+    /// `timeout`, `status`, `exchange`).
+    Probe(Option<&'static str>),
+    /// Its requests in flight changed to this many.
+    InFlight(usize),
+}
+
+type EventHook = Arc<dyn Fn(&PoolEvent<'_>) + Send + Sync>;
+
+/// A pool's hooks, and its logging of transitions.
+#[derive(Default)]
+pub(super) struct Events {
+    hooks: Vec<EventHook>,
+}
+
+impl Events {
+    pub(super) fn emit(&self, event: &PoolEvent<'_>) {
+        for hook in &self.hooks {
+            hook(event);
+        }
+    }
+
+    /// Logs a transition once and tells the hooks.
+    pub(super) fn changed(&self, index: usize, upstream: &Upstream, change: Change) {
+        let endpoint = upstream.url();
+        let kind = match change {
+            Change::Ejected {
+                ejections,
+                duration,
+            } => {
+                tracing::warn!(endpoint, ejections, ?duration, "upstream endpoint ejected");
+                PoolEventKind::Ejected {
+                    ejections,
+                    duration,
+                }
+            }
+            Change::Returned => {
+                tracing::info!(endpoint, "upstream endpoint back in service");
+                PoolEventKind::Returned
+            }
+            Change::Unhealthy => {
+                tracing::warn!(endpoint, "upstream endpoint failed its health check");
+                PoolEventKind::Unhealthy
+            }
+            Change::Healthy => {
+                tracing::info!(endpoint, "upstream endpoint passed its health check");
+                PoolEventKind::Healthy
+            }
+        };
+        self.emit(&PoolEvent {
+            index,
+            endpoint,
+            kind,
+        });
+    }
+}
+
+/// Settings for a [`Pool`]; [`build`](Self::build) makes one.
+#[must_use]
+pub struct PoolBuilder {
+    endpoints: Vec<(String, u32)>,
+    policy: Policy,
+    passive: Option<PassiveHealth>,
+    active: Option<ActiveHealth>,
+    when_none: WhenNoneHealthy,
+    classifier: SharedClassifier,
+    hooks: Vec<EventHook>,
+    previous: Option<Pool>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("policy", &self.policy)
+            .field("passive", &self.passive)
+            .field("active", &self.active)
+            .field("when_none", &self.when_none)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No endpoint.
+    #[error("a pool needs at least one endpoint")]
+    Empty,
+    /// An endpoint's URL is not usable.
+    #[error("endpoint {index}: {source}")]
+    Url {
+        /// Which endpoint, from 0.
+        index: usize,
+        /// What is wrong with it.
+        source: UpstreamError,
+    },
+    /// A weight outside 1 to 1000.
+    #[error("endpoint {index}: weight {weight} is not between 1 and 1000")]
+    Weight {
+        /// Which endpoint, from 0.
+        index: usize,
+        /// The weight.
+        weight: u32,
+    },
+    /// An active check's path that does not start with `/`, or a zero interval or timeout.
+    #[error("active health check: {0}")]
+    Active(&'static str),
+    /// Passive health settings that cannot work.
+    #[error("passive health: {0}")]
+    Passive(&'static str),
+}
+
+impl PoolBuilder {
+    /// A pool of `urls` (`http://host[:port][/base]`), each of weight 1.
+    pub fn new<I>(urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::weighted(urls.into_iter().map(|url| (url, 1)))
+    }
+
+    /// A pool of `(url, weight)` pairs (weights from 1 to 1000).
+    pub fn weighted<I, U>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = (U, u32)>,
+        U: Into<String>,
+    {
+        Self {
+            endpoints: endpoints
+                .into_iter()
+                .map(|(url, weight)| (url.into(), weight))
+                .collect(),
+            policy: Policy::RoundRobin,
+            passive: Some(PassiveHealth::new()),
+            active: None,
+            when_none: WhenNoneHealthy::Open,
+            classifier: SharedClassifier::default(),
+            hooks: Vec::new(),
+            previous: None,
+        }
+    }
+
+    /// How attempts are spread (default [`Policy::RoundRobin`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Outlier ejection's settings, or `None` to turn it off (default
+    /// [`PassiveHealth::new`]).
+    pub fn passive_health(mut self, passive: impl Into<Option<PassiveHealth>>) -> Self {
+        self.passive = passive.into();
+        self
+    }
+
+    /// Active health checks (default none).
+    pub fn active_health(mut self, active: impl Into<Option<ActiveHealth>>) -> Self {
+        self.active = active.into();
+        self
+    }
+
+    /// What happens when no endpoint is usable (default [`WhenNoneHealthy::Open`]).
+    pub fn when_none_healthy(mut self, when: WhenNoneHealthy) -> Self {
+        self.when_none = when;
+        self
+    }
+
+    /// What counts as an endpoint's failure besides connection errors and timeouts
+    /// (default [`ServerErrors`](crate::classify::ServerErrors): every 5xx). A client's
+    /// fault never does.
+    pub fn classifier(mut self, classifier: impl FailureClassifier) -> Self {
+        self.classifier = SharedClassifier::new(classifier);
+        self
+    }
+
+    /// The same, already shared (the gateway passes the route's).
+    pub fn shared_classifier(mut self, classifier: SharedClassifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Calls `hook` on every [`PoolEvent`]: ejections, returns, health changes, probes and
+    /// in-flight changes (the last on the request path: keep it cheap). Later calls add
+    /// hooks.
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&PoolEvent<'_>) + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Takes over `previous`'s endpoint state for every URL both pools list: ejection and
+    /// its count, probe state, failures in a row, requests in flight and the latency
+    /// estimate (for a reload). Active checks with the same settings keep running as they
+    /// were; `previous`'s are stopped when it is dropped.
+    pub fn keep_state_of(mut self, previous: &Pool) -> Self {
+        self.previous = Some(previous.clone());
+        self
+    }
+
+    /// Checks the settings as [`build`](Self::build) does, without building anything.
+    pub fn check(&self) -> Result<(), PoolError> {
+        if self.endpoints.is_empty() {
+            return Err(PoolError::Empty);
+        }
+        if let Some(active) = &self.active {
+            if !active.path.starts_with('/') {
+                return Err(PoolError::Active("the path must start with '/'"));
+            }
+            if active.interval.is_zero() || active.timeout.is_zero() {
+                return Err(PoolError::Active(
+                    "the interval and timeout must be greater than zero",
+                ));
+            }
+        }
+        if let Some(passive) = &self.passive {
+            if passive.max_ejection < passive.base_ejection {
+                return Err(PoolError::Passive(
+                    "max_ejection must not be less than base_ejection",
+                ));
+            }
+        }
+        for (index, (url, weight)) in self.endpoints.iter().enumerate() {
+            if !(1..=1000).contains(weight) {
+                return Err(PoolError::Weight {
+                    index,
+                    weight: *weight,
+                });
+            }
+            Upstream::parse(url).map_err(|source| PoolError::Url { index, source })?;
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and builds the pool. With active checks, the probes start at
+    /// once when a Tokio runtime is running, else at the first request.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        self.check()?;
+        let old: HashMap<&str, &Slot> = self
+            .previous
+            .iter()
+            .flat_map(|pool| pool.inner.slots.iter())
+            .map(|slot| (slot.upstream.url(), slot))
+            .collect();
+        let mut made: HashMap<String, (Arc<Endpoint>, Option<Arc<Prober>>)> = HashMap::new();
+        let mut slots = Vec::with_capacity(self.endpoints.len());
+        for (index, (url, weight)) in self.endpoints.iter().enumerate() {
+            let upstream =
+                Upstream::parse(url).map_err(|source| PoolError::Url { index, source })?;
+            let (endpoint, prober) = made
+                .entry(upstream.url().to_owned())
+                .or_insert_with(|| {
+                    let kept = old.get(upstream.url());
+                    let endpoint = kept.map_or_else(
+                        || Arc::new(Endpoint::new()),
+                        |slot| Arc::clone(&slot.endpoint),
+                    );
+                    let prober = self.active.as_ref().map(|settings| {
+                        kept.and_then(|slot| slot.prober.as_ref())
+                            .filter(|prober| prober.settings == *settings)
+                            .map_or_else(|| Arc::new(Prober::new(settings.clone())), Arc::clone)
+                    });
+                    if prober.is_none() && kept.is_some_and(|slot| slot.prober.is_some()) {
+                        // The checks are off now: their verdict no longer holds.
+                        endpoint.clear_probe_state();
+                    }
+                    (endpoint, prober)
+                })
+                .clone();
+            slots.push(Slot {
+                upstream,
+                weight: *weight,
+                endpoint,
+                prober,
+            });
+        }
+        let balance = self.policy.balancer(&slots);
+        let latency_decay = match &self.policy {
+            Policy::LeastInFlight(settings) => settings.latency().map(|(_, decay)| decay),
+            _ if balance.measures_latency() => Some(Duration::from_secs(10)),
+            _ => None,
+        };
+        let inner = Arc::new(PoolInner {
+            slots: slots.into(),
+            balance,
+            policy: self.policy,
+            passive: self.passive,
+            probers_started: AtomicBool::new(self.active.is_none()),
+            active: self.active,
+            when_none: self.when_none,
+            classifier: self.classifier,
+            latency_decay,
+            eject_lock: Mutex::new(()),
+            events: Arc::new(Events { hooks: self.hooks }),
+        });
+        inner.start_probers();
+        Ok(Pool { inner })
+    }
+}
+
+/// A route's upstream endpoints: picks one for each attempt by its [`Policy`], counts each
+/// endpoint's requests in flight, ejects endpoints that keep failing ([`PassiveHealth`]) and
+/// probes them ([`ActiveHealth`]); see the [module docs](super).
+///
+/// Cloning is a reference-count bump; clones share everything.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    slots: Box<[Slot]>,
+    balance: Arc<dyn Balance>,
+    policy: Policy,
+    passive: Option<PassiveHealth>,
+    active: Option<ActiveHealth>,
+    /// Whether the probes run (or there are none).
+    probers_started: AtomicBool,
+    when_none: WhenNoneHealthy,
+    classifier: SharedClassifier,
+    /// Set when the policy reads latency: the estimate's decay.
+    latency_decay: Option<Duration>,
+    /// Held while an ejection is decided, so that the pool's cap holds.
+    eject_lock: Mutex<()>,
+    events: Arc<Events>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<&str> = self.inner.slots.iter().map(|s| s.upstream.url()).collect();
+        f.debug_struct("Pool")
+            .field("endpoints", &urls)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// No endpoint is usable and the pool fails closed: answer `503` with `Retry-After`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoneUsable {
+    pub(crate) retry_after: Duration,
+}
+
+/// The endpoints a request was already sent to, carried in the extensions of the parts a
+/// proxy hands back to a retry, so that the next attempt goes elsewhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tried(pub(crate) u64);
+
+impl PoolInner {
+    fn start_probers(&self) {
+        if self.probers_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut all = true;
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(prober) = &slot.prober {
+                all &= prober.start(index, &slot.upstream, &slot.endpoint, &self.events);
+            }
+        }
+        if all {
+            self.probers_started.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, index: usize) {
+        let Some(passive) = &self.passive else {
+            return;
+        };
+        let slot = &self.slots[index];
+        if !slot.endpoint.failed(passive.consecutive_failures) {
+            slot.endpoint.dirty(Instant::now());
+            return;
+        }
+        let _decide = self
+            .eject_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if slot.endpoint.is_ejected(now) {
+            return;
+        }
+        let out = self
+            .slots
+            .iter()
+            .filter(|slot| slot.endpoint.is_ejected(now))
+            .count();
+        if out >= passive.max_ejected(self.slots.len()) {
+            slot.endpoint.dirty(now);
+            return;
+        }
+        let change = slot.endpoint.eject(
+            passive.base_ejection,
+            passive.max_ejection,
+            passive.draw_jitter(),
+            now,
+        );
+        self.events.changed(index, &slot.upstream, change);
+    }
+
+    /// How long until an endpoint may be usable again, for a `503`'s `Retry-After`.
+    fn retry_after(&self) -> Duration {
+        let now = Instant::now();
+        let soonest = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.endpoint.ejected_until())
+            .map(|until| until.saturating_duration_since(now))
+            .min();
+        soonest
+            .or_else(|| self.active.as_ref().map(|active| active.interval))
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+impl Pool {
+    /// A round-robin pool of `urls` with the default passive health and no active checks:
+    /// [`PoolBuilder::new`] for the rest.
+    pub fn builder<I>(urls: I) -> PoolBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        PoolBuilder::new(urls)
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// How many endpoints it has.
+    pub fn len(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// Always `false`: a pool has at least one endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.inner.slots.is_empty()
+    }
+
+    /// Every endpoint as it stands now, for an admin view.
+    pub fn status(&self) -> PoolStatus {
+        let now = Instant::now();
+        let base = self
+            .inner
+            .passive
+            .as_ref()
+            .map_or(Duration::ZERO, |passive| passive.base_ejection);
+        PoolStatus {
+            policy: self.inner.policy.name(),
+            endpoints: self
+                .inner
+                .slots
+                .iter()
+                .map(|slot| {
+                    let endpoint = &slot.endpoint;
+                    let (ejections, ejections_total, probes, probe_failures, since) =
+                        endpoint.counts(base, now);
+                    let state = endpoint.state(now);
+                    EndpointStatus {
+                        url: slot.upstream.url().to_owned(),
+                        weight: slot.weight,
+                        state: state.as_str(),
+                        in_flight: endpoint.in_flight.load(Ordering::Relaxed),
+                        ejections,
+                        ejections_total,
+                        ejected_for_secs: endpoint
+                            .ejected_until()
+                            .filter(|_| state == EndpointState::Ejected)
+                            .map(|until| until.saturating_duration_since(now).as_secs_f64()),
+                        since_secs: now.saturating_duration_since(since).as_secs_f64(),
+                        latency_ms: endpoint
+                            .latency()
+                            .map(|latency| latency.as_secs_f64() * 1000.0),
+                        probes,
+                        probe_failures,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Picks an endpoint for an attempt of `request`, counting it in flight; avoids those
+    /// in `tried` while another is usable.
+    #[inline]
+    pub(crate) fn pick(
+        &self,
+        request: RequestHead<'_>,
+        tried: Tried,
+    ) -> Result<Picked, NoneUsable> {
+        let inner = &*self.inner;
+        if !inner.probers_started.load(Ordering::Relaxed) {
+            inner.start_probers();
+        }
+        let mut candidates = Candidates {
+            slots: &inner.slots,
+            events: &inner.events,
+            request,
+            tried: tried.0,
+            mode: Mode::Fresh,
+        };
+        let modes: &[Mode] = match inner.when_none {
+            WhenNoneHealthy::Open => &[Mode::Fresh, Mode::Usable, Mode::Untried, Mode::Any],
+            WhenNoneHealthy::Closed => &[Mode::Fresh, Mode::Usable],
+        };
+        for &mode in modes {
+            if mode == Mode::Usable && tried.0 == 0 {
+                continue;
+            }
+            candidates.mode = mode;
+            let index = inner
+                .balance
+                .pick(&candidates)
+                .filter(|&index| candidates.is_eligible(index))
+                .or_else(|| candidates.next_eligible(0));
+            if let Some(index) = index {
+                return Ok(self.picked(index));
+            }
+        }
+        Err(NoneUsable {
+            retry_after: inner.retry_after(),
+        })
+    }
+
+    #[inline]
+    fn picked(&self, index: usize) -> Picked {
+        let inner = &*self.inner;
+        let in_flight = inner.slots[index]
+            .endpoint
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        if !inner.events.hooks.is_empty() {
+            inner.events.emit(&PoolEvent {
+                index,
+                endpoint: inner.slots[index].upstream.url(),
+                kind: PoolEventKind::InFlight(in_flight + 1),
+            });
+        }
+        Picked {
+            pool: Arc::clone(&self.inner),
+            index,
+            started: inner.latency_decay.map(|_| Instant::now()),
+            reported: false,
+        }
+    }
+}
+
+/// An attempt's endpoint: counted in flight until this is dropped (the proxy keeps it in the
+/// response body), and told how the attempt went.
+pub(crate) struct Picked {
+    pool: Arc<PoolInner>,
+    index: usize,
+    started: Option<Instant>,
+    reported: bool,
+}
+
+impl fmt::Debug for Picked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Picked")
+            .field("endpoint", &self.upstream().url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Picked {
+    /// Where the attempt goes.
+    #[inline]
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.pool.slots[self.index].upstream
+    }
+
+    /// Its index in the pool.
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The upstream's response head arrived: a success or a failure by the classifier.
+    #[inline]
+    pub(crate) fn answered<B>(&mut self, res: &Response<B>) {
+        self.reported = true;
+        let pool = &*self.pool;
+        let endpoint = &pool.slots[self.index].endpoint;
+        if let (Some(started), Some(decay)) = (self.started, pool.latency_decay) {
+            let now = Instant::now();
+            endpoint.observe_latency(now.saturating_duration_since(started), decay, now);
+        }
+        if pool.classifier.is_failure(&ResponseHead::from(res)) {
+            pool.failed(self.index);
+        } else {
+            endpoint.succeeded();
+        }
+    }
+
+    /// The exchange failed before a response head, by `fault`: only the upstream's counts.
+    pub(crate) fn broke(&mut self, fault: Fault) {
+        self.reported = true;
+        if fault == Fault::Upstream {
+            self.pool.failed(self.index);
+        }
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        // Dropped before an answer: cancelled. A timeout says so (the upstream's fault);
+        // a client that left does not.
+        if !self.reported && Fault::of_cancellation() == Some(Fault::Upstream) {
+            self.pool.failed(self.index);
+        }
+        let slot = &self.pool.slots[self.index];
+        let in_flight = slot.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.pool.events.hooks.is_empty() {
+            self.pool.events.emit(&PoolEvent {
+                index: self.index,
+                endpoint: slot.upstream.url(),
+                kind: PoolEventKind::InFlight(in_flight.saturating_sub(1)),
+            });
+        }
+    }
+}
+
+/// A pool as it stands, for an admin view: serializes to the contract's JSON.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// `round_robin`, `least_in_flight`, `weighted`, `hash` or `custom`.
+    pub policy: &'static str,
+    /// The endpoints, in the pool's order.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint as it stands.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct EndpointStatus {
+    /// Its URL.
+    pub url: String,
+    /// Its weight.
+    pub weight: u32,
+    /// `healthy`, `ejected` or `unhealthy`.
+    pub state: &'static str,
+    /// Requests in flight to it.
+    pub in_flight: usize,
+    /// Its ejection count as it stands (it decays while the endpoint does well).
+    pub ejections: u32,
+    /// Every ejection since it was first listed.
+    pub ejections_total: u64,
+    /// While ejected: seconds until it returns.
+    pub ejected_for_secs: Option<f64>,
+    /// Seconds since its state last changed.
+    pub since_secs: f64,
+    /// Its latency estimate (peak EWMA of the time to the response head), in milliseconds,
+    /// when its pool measures latency.
+    pub latency_ms: Option<f64>,
+    /// Active probes sent.
+    pub probes: u64,
+    /// Active probes failed.
+    pub probe_failures: u64,
+}
+
+/// The bit set of `index` added to `tried`.
+pub(crate) fn with_tried(tried: Tried, index: usize) -> Tried {
+    Tried(tried.0 | bit(index))
+}
