@@ -736,3 +736,88 @@ fn json_logs_carry_the_request_span_and_never_a_key() {
         );
     }
 }
+
+#[test]
+fn the_admin_view_shows_the_pools_and_a_reload_keeps_an_ejection() {
+    let (alive, _) = upstream(Duration::ZERO);
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let pool = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nprefix = \"/api/a\"\n\
+             upstreams = [\"http://{alive}\", {{ url = \"http://{dead}\", weight = 2 }}]\n\
+             [routes.health.passive]\nconsecutive_failures = 2\nbase_ejection = \"60s\"\n{extra}"
+        )
+    };
+    let file = ConfigFile::new("pools", &pool(""));
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let (admin, addr) = gateway.admin_and_listening();
+    // Round robin: every other request goes to the dead one, until it is ejected.
+    let mut failed = 0;
+    for _ in 0..10 {
+        let (status, _) = get(addr, "/api/a/ping");
+        assert!(status == 200 || status == 502, "{status}");
+        failed += usize::from(status == 502);
+    }
+    assert_eq!(failed, 2, "two failures in a row eject it");
+    let ejected = gateway.line_with("upstream endpoint ejected");
+    assert!(ejected.contains(&dead.to_string()), "{ejected}");
+
+    let (status, head, body) = exchange(admin, "/upstreams", "");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let route = &view["routes"][0];
+    assert_eq!(route["prefix"], "/api/a");
+    assert_eq!(route["policy"], "round_robin");
+    let endpoints = route["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints[0]["url"], format!("http://{alive}"));
+    assert_eq!(endpoints[0]["state"], "healthy");
+    assert_eq!(endpoints[0]["weight"], 1);
+    assert_eq!(endpoints[0]["in_flight"], 0);
+    assert_eq!(endpoints[1]["url"], format!("http://{dead}"));
+    assert_eq!(endpoints[1]["state"], "ejected");
+    assert_eq!(endpoints[1]["weight"], 2);
+    assert_eq!(endpoints[1]["ejections"], 1);
+
+    let (_, metrics) = get(admin, "/metrics");
+    let labels = [
+        ("route", "/api/a"),
+        ("endpoint", &*format!("http://{dead}")),
+    ];
+    let sample = |name| common::prometheus_sample(&metrics, name, &labels);
+    assert_eq!(
+        sample("gateway_upstream_ejections_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("gateway_upstream_endpoint_state"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // A reload (another policy) keeps the ejection: still no request to the dead one.
+    std::fs::write(
+        &file.0,
+        pool("[routes.balance]\npolicy = \"least_in_flight\"\n"),
+    )
+    .unwrap();
+    gateway.signal("-HUP");
+    gateway.line_with("reloaded");
+    let (_, _, body) = exchange(admin, "/upstreams", "");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["routes"][0]["policy"], "least_in_flight");
+    assert_eq!(view["routes"][0]["endpoints"][1]["state"], "ejected");
+    for _ in 0..6 {
+        assert_eq!(get(addr, "/api/a/ping"), (200, "pong".to_owned()));
+    }
+    gateway.terminate();
+    assert!(gateway.wait().success());
+}

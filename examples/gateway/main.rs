@@ -69,7 +69,7 @@ Without --config it serves the config below and starts its two demo upstreams, A
 127.0.0.1:5051 and B on 127.0.0.1:5052, each answering /ping, /slow?ms=N, /fail?rate=R,
 /echo and /health; auth is on with the key dev-key (/health is anonymous), each client
 may make 100 requests a minute per route, and /api/a has at most 64 in flight.
-Metrics (Prometheus text) are on 127.0.0.1:9090/metrics, with /healthz and /readyz.
+Metrics (Prometheus text) are on 127.0.0.1:9090/metrics, with /healthz, /readyz and /upstreams.
 Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
 
 RUST_LOG sets the log filter (default info; every answered request is an info event

@@ -338,6 +338,29 @@ cooldown = "30s"
 [routes.retry]                    # optional
 max_retries = 2                   # extra attempts after the first
 base_delay = "100ms"
+
+[[routes]]
+prefix = "/api/b"
+upstreams = ["http://127.0.0.1:5052", { url = "http://127.0.0.1:5053", weight = 3 }]
+
+[routes.balance]                  # optional
+policy = "hash"                   # default "round_robin"; "least_in_flight", "weighted", "hash"
+hash_key = "header:x-user-id"     # for "hash": "header:NAME", "cookie:NAME", "client_ip", "path"
+when_none_healthy = "closed"      # "open": use every endpoint; "closed": 503
+
+[routes.health.passive]           # on by default with these values
+enabled = true
+consecutive_failures = 5          # attempt failures in a row that eject an endpoint
+base_ejection = "30s"             # the n-th ejection lasts n x base_ejection ...
+max_ejection = "300s"             # ... at most this
+max_ejected_percent = 50          # at most floor(pool x 50 / 100) at once (at least 1 of 2+), never the last
+
+[routes.health.active]            # optional: background probes
+path = "/health"
+interval = "10s"
+timeout = "2s"
+healthy_threshold = 2             # passes in a row that make an endpoint healthy
+unhealthy_threshold = 3           # failures in a row that make it unhealthy
 "#;
 
     const ROUTE: &str =
@@ -387,6 +410,40 @@ base_delay = "100ms"
         assert_eq!(
             (retry.max_retries, retry.base_delay),
             (2, Duration::from_millis(100))
+        );
+        let pooled = &config.routes[1];
+        assert_eq!(
+            pooled
+                .upstreams
+                .iter()
+                .map(|u| (u.url.as_str(), u.weight))
+                .collect::<Vec<_>>(),
+            [("http://127.0.0.1:5052", 1), ("http://127.0.0.1:5053", 3)]
+        );
+        let balance = pooled.balance.as_ref().unwrap();
+        assert_eq!(balance.policy, PolicyName::Hash);
+        assert_eq!(balance.hash_key.as_deref(), Some("header:x-user-id"));
+        assert_eq!(balance.when_none_healthy, WhenNoneConfig::Closed);
+        let health = pooled.health.as_ref().unwrap();
+        let passive = health.passive.as_ref().unwrap();
+        assert_eq!(
+            (
+                passive.enabled,
+                passive.consecutive_failures,
+                passive.max_ejected_percent
+            ),
+            (true, 5, 50)
+        );
+        assert_eq!(passive.max_ejection, Duration::from_secs(300));
+        let active = health.active.as_ref().unwrap();
+        assert_eq!(active.path, "/health");
+        assert_eq!(
+            (
+                active.interval,
+                active.healthy_threshold,
+                active.unhealthy_threshold
+            ),
+            (Duration::from_secs(10), 2, 3)
         );
 
         // Every value checks out; only the support check refuses it, section by section.
@@ -669,6 +726,66 @@ base_delay = "100ms"
                 route("[routes.retry]\nmax_retries = 2\nattempts = 3"),
                 "routes[0].retry.attempts: unknown field `attempts`",
             ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://h:1\", { url = \"http://h:2\", weight = 0 }]\n".into(),
+                "routes[0].upstreams[1].weight: 0 is not between 1 and 1000",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [{ url = \"http://h:2\", wieght = 2 }]\n".into(),
+                "routes[0].upstreams[0].wieght: unknown field `wieght`",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [7]\n".into(),
+                "routes[0].upstreams[0]: invalid type: integer `7`, expected a URL string or a table",
+            ),
+            (
+                route("[routes.balance]\npolicy = \"random\""),
+                "routes[0].balance.policy: unknown variant `random`",
+            ),
+            (
+                route("[routes.balance]\npolicy = \"hash\""),
+                "routes[0].balance.hash_key: policy \"hash\" needs a hash_key",
+            ),
+            (
+                route("[routes.balance]\npolicy = \"hash\"\nhash_key = \"query:q\""),
+                "routes[0].balance.hash_key: \"query:q\" is not",
+            ),
+            (
+                route("[routes.balance]\nhash_key = \"path\""),
+                "routes[0].balance.hash_key: only goes with policy = \"hash\"",
+            ),
+            (
+                route("[routes.balance]\nwhen_none_healthy = \"maybe\""),
+                "routes[0].balance.when_none_healthy: unknown variant `maybe`",
+            ),
+            (
+                route("[routes.health.passive]\nconsecutive_failures = 0"),
+                "routes[0].health.passive.consecutive_failures: must be greater than zero",
+            ),
+            (
+                route("[routes.health.passive]\nmax_ejected_percent = 101"),
+                "routes[0].health.passive.max_ejected_percent: 101 is more than 100",
+            ),
+            (
+                route("[routes.health.passive]\nbase_ejection = \"1m\"\nmax_ejection = \"10s\""),
+                "routes[0].health.passive.max_ejection: is less than base_ejection",
+            ),
+            (
+                route("[routes.health.active]\ninterval = \"5s\""),
+                "routes[0].health.active: missing field `path`",
+            ),
+            (
+                route("[routes.health.active]\npath = \"health\""),
+                "routes[0].health.active.path: \"health\" must be a path starting with '/'",
+            ),
+            (
+                route("[routes.health.active]\npath = \"/h\"\ninterval = \"0s\""),
+                "routes[0].health.active.interval: must be greater than zero",
+            ),
+            (
+                route("[routes.health.active]\npath = \"/h\"\nhealthy_threshold = 0"),
+                "routes[0].health.active.healthy_threshold: must be greater than zero",
+            ),
         ];
         for (text, expected) in cases {
             let message = error(&text);
@@ -736,5 +853,30 @@ base_delay = "100ms"
             format!("{gateway:?}"),
             r#"Gateway { routes: ["/api/a", "/b"], .. }"#
         );
+    }
+
+    #[test]
+    fn the_pool_settings_reach_the_gateway() {
+        let config = Config::from_toml_str(&format!(
+            "{ROUTE}[[routes]]\nprefix = \"/b\"\n\
+             upstreams = [\"http://127.0.0.1:1\", {{ url = \"http://127.0.0.1:2\", weight = 3 }}]\n\
+             [routes.balance]\npolicy = \"weighted\"\n"
+        ))
+        .unwrap();
+        let gateway = config
+            .gateway_builder::<hyper::body::Incoming>()
+            .unwrap()
+            .build()
+            .unwrap();
+        let pools: Vec<_> = gateway
+            .pools()
+            .map(|(prefix, pool)| (prefix.to_owned(), pool.status()))
+            .collect();
+        assert_eq!(pools[0].0, "/api/a");
+        assert_eq!(pools[0].1.policy, "round_robin");
+        assert_eq!(pools[1].1.policy, "weighted");
+        let weights: Vec<u32> = pools[1].1.endpoints.iter().map(|e| e.weight).collect();
+        assert_eq!(weights, [1, 3]);
+        assert!(pools[1].1.endpoints.iter().all(|e| e.state == "healthy"));
     }
 }

@@ -347,11 +347,11 @@ where
             Tried::default()
         };
         let correlation_id = req.extensions().get::<CorrelationId>().cloned();
-        let picked = match inner.pool.pick(RequestHead::from(&req), tried) {
+        let picked = match inner.pool.pick_for(RequestHead::from(&req), tried) {
             Ok(picked) => picked,
             Err(none) => {
                 let rejection = Rejection::new(RejectionKind::NoHealthyUpstream)
-                    .with_retry_after(none.retry_after)
+                    .with_retry_after(none.retry_after())
                     .for_request(&req);
                 return ResponseFuture::answer(rejection.into_response());
             }

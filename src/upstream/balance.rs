@@ -471,6 +471,10 @@ const MAX_POINTS: u64 = 1 << 18;
 struct ConsistentHash {
     key: HashKey,
     ring: Box<[(u64, u32)]>,
+    /// For each of `2^bits` equal slices of the hash space, the first ring point in it: a
+    /// lookup is one table read and a step or two, not a binary search over the ring.
+    starts: Box<[u32]>,
+    shift: u32,
     /// For requests without the key.
     fallback: RoundRobin,
 }
@@ -488,11 +492,33 @@ impl ConsistentHash {
             }
         }
         ring.sort_unstable();
+        let bits = ring.len().next_power_of_two().trailing_zeros().max(1);
+        let shift = 64 - bits;
+        let starts = (0..1u64 << bits)
+            .map(|slice| {
+                let first = ring.partition_point(|&(point, _)| point >> shift < slice);
+                u32::try_from(first).unwrap_or(u32::MAX)
+            })
+            .collect();
         Self {
             key,
             ring: ring.into(),
+            starts,
+            shift,
             fallback: RoundRobin::default(),
         }
+    }
+}
+
+impl ConsistentHash {
+    /// The index of the first ring point at or after `hash` (`ring.len()` past the last).
+    #[inline]
+    fn first_at_or_after(&self, hash: u64) -> usize {
+        let mut index = self.starts[(hash >> self.shift) as usize] as usize;
+        while index < self.ring.len() && self.ring[index].0 < hash {
+            index += 1;
+        }
+        index
     }
 }
 
@@ -502,8 +528,8 @@ impl Balance for ConsistentHash {
         let Some(hash) = self.key.hash(&candidates.request) else {
             return self.fallback.pick(candidates);
         };
-        let start = self.ring.partition_point(|&(point, _)| point < hash);
         let len = self.ring.len();
+        let start = self.first_at_or_after(hash);
         // Walk on past owners that are out: only their keys move.
         (0..len)
             .map(|step| self.ring[(start + step) % len].1 as usize)
@@ -546,6 +572,25 @@ mod tests {
         assert_eq!(hash(b""), 0xefd0_1f60_ba99_2926);
         assert_eq!(hash(b"user-42"), 0xa395_32c7_ab05_1e8d);
         assert_ne!(hash(b"user-42"), hash(b"user-43"));
+    }
+
+    #[test]
+    fn the_slice_table_finds_what_a_binary_search_finds() {
+        for endpoints in [1, 3, 7, 100] {
+            let pool = super::super::PoolBuilder::weighted(
+                (0..endpoints).map(|i| (format!("http://10.0.0.{i}:80"), 1 + i % 4)),
+            )
+            .build()
+            .unwrap();
+            let ring = ConsistentHash::new(HashKey::Path, pool.slots());
+            for key in 0..10_000u64 {
+                let h = hash(&key.to_be_bytes());
+                let expected = ring.ring.partition_point(|&(point, _)| point < h);
+                assert_eq!(ring.first_at_or_after(h), expected);
+            }
+            assert_eq!(ring.first_at_or_after(u64::MAX), ring.ring.len());
+            assert_eq!(ring.first_at_or_after(0), 0);
+        }
     }
 
     #[test]

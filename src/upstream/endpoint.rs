@@ -364,3 +364,94 @@ fn settle(ejections: u32, clean_since: Instant, base: Duration, now: Instant) ->
     let periods = now.saturating_duration_since(clean_since).as_nanos() / base.as_nanos();
     ejections.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(300);
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_grow_return_on_probation_and_decay() {
+        let endpoint = Endpoint::new();
+        for _ in 0..4 {
+            assert!(!endpoint.failed(5));
+        }
+        assert!(endpoint.failed(5), "the fifth failure in a row");
+        let change = endpoint.eject(BASE, MAX, Duration::ZERO, Instant::now());
+        assert_eq!(
+            change,
+            Change::Ejected {
+                ejections: 1,
+                duration: BASE
+            }
+        );
+        assert!(!endpoint.is_usable(|| panic!("not over yet")));
+        tokio::time::advance(BASE).await;
+        let mut returned = false;
+        assert!(endpoint.is_usable(|| returned = true));
+        assert!(
+            returned,
+            "the ejection ends at the first look after its time"
+        );
+        assert!(endpoint.failed(5), "on probation one failure is enough");
+        let change = endpoint.eject(BASE, MAX, Duration::ZERO, Instant::now());
+        assert_eq!(
+            change,
+            Change::Ejected {
+                ejections: 2,
+                duration: 2 * BASE
+            }
+        );
+        tokio::time::advance(2 * BASE).await;
+        assert!(endpoint.is_usable(|| {}));
+        endpoint.succeeded();
+        assert!(!endpoint.failed(5), "a success ends probation");
+        // Two clean base periods bring the count from 2 to 0: the next ejection is a first.
+        tokio::time::advance(2 * BASE).await;
+        let (ejections, total, ..) = endpoint.counts(BASE, Instant::now());
+        assert_eq!((ejections, total), (0, 2));
+        let change = endpoint.eject(BASE, MAX, Duration::ZERO, Instant::now());
+        assert_eq!(
+            change,
+            Change::Ejected {
+                ejections: 1,
+                duration: BASE
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_are_capped_and_a_passing_probe_ends_one() {
+        let endpoint = Endpoint::new();
+        for n in 1..=12u32 {
+            let change = endpoint.eject(BASE, MAX, Duration::ZERO, Instant::now());
+            assert_eq!(
+                change,
+                Change::Ejected {
+                    ejections: n,
+                    duration: (BASE * n).min(MAX)
+                }
+            );
+        }
+        assert_eq!(endpoint.state(Instant::now()), EndpointState::Ejected);
+        let (health, ejection) = endpoint.probed(true, 2, 3, Instant::now());
+        assert_eq!((health, ejection), (None, Some(Change::Returned)));
+        assert_eq!(endpoint.state(Instant::now()), EndpointState::Healthy);
+        for _ in 0..2 {
+            assert_eq!(endpoint.probed(false, 2, 3, Instant::now()), (None, None));
+        }
+        assert_eq!(
+            endpoint.probed(false, 2, 3, Instant::now()),
+            (Some(Change::Unhealthy), None)
+        );
+        assert!(!endpoint.is_usable(|| {}));
+        assert_eq!(endpoint.probed(true, 2, 3, Instant::now()), (None, None));
+        assert_eq!(
+            endpoint.probed(true, 2, 3, Instant::now()),
+            (Some(Change::Healthy), None)
+        );
+        assert!(endpoint.is_usable(|| {}));
+    }
+}

@@ -340,3 +340,23 @@ impl http_body::Body for NoBody {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ejection_cap_keeps_one_of_two_and_never_the_last() {
+        let half = PassiveHealth::new();
+        let cap: Vec<usize> = [1, 2, 3, 4, 5, 10].map(|n| half.max_ejected(n)).to_vec();
+        assert_eq!(cap, [0, 1, 1, 2, 2, 5]);
+        let all = PassiveHealth::new().max_ejected_percent(100);
+        assert_eq!([1, 2, 3].map(|n| all.max_ejected(n)), [0, 1, 2]);
+        let none = PassiveHealth::new().max_ejected_percent(0);
+        assert_eq!(
+            [2, 3].map(|n| none.max_ejected(n)),
+            [1, 1],
+            "at least one of two or more"
+        );
+    }
+}

@@ -59,8 +59,8 @@ pub use balance::{Balance, Candidates, HashKey, LeastInFlight, Policy, RequestHe
 pub use endpoint::EndpointState;
 pub use health::{ActiveHealth, PassiveHealth};
 pub use pool::{
-    EndpointStatus, Pool, PoolBuilder, PoolError, PoolEvent, PoolEventKind, PoolStatus,
-    WhenNoneHealthy,
+    EndpointStatus, NoHealthyEndpoint, Picked, Pool, PoolBuilder, PoolError, PoolEvent,
+    PoolEventKind, PoolStatus, WhenNoneHealthy,
 };
-pub(crate) use pool::{Picked, Tried, with_tried};
+pub(crate) use pool::{Tried, with_tried};
 pub use url::{Upstream, UpstreamError};

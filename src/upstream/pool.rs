@@ -407,10 +407,20 @@ impl fmt::Debug for Pool {
     }
 }
 
-/// No endpoint is usable and the pool fails closed: answer `503` with `Retry-After`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct NoneUsable {
-    pub(crate) retry_after: Duration,
+/// No endpoint is usable and the pool fails closed ([`WhenNoneHealthy::Closed`]): the
+/// proxy answers `503` with `Retry-After`.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("no healthy upstream")]
+pub struct NoHealthyEndpoint {
+    retry_after: Duration,
+}
+
+impl NoHealthyEndpoint {
+    /// How long until an endpoint may be usable again: the soonest end of an ejection, else
+    /// the active checks' interval, else 1 s.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
 }
 
 /// The endpoints a request was already sent to, carried in the extensions of the parts a
@@ -495,6 +505,11 @@ impl Pool {
         PoolBuilder::new(urls)
     }
 
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> &[Slot] {
+        &self.inner.slots
+    }
+
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
@@ -552,14 +567,22 @@ impl Pool {
         }
     }
 
+    /// Picks an endpoint for an attempt of `req`, for a forwarder of your own (the
+    /// [`ProxyService`](crate::proxy::ProxyService) does this for you): the [`Picked`]
+    /// endpoint counts the attempt in flight until it is dropped, and should be told how the
+    /// attempt went ([`answered`](Picked::answered) or [`broke`](Picked::broke)).
+    pub fn pick<B>(&self, req: &http::Request<B>) -> Result<Picked, NoHealthyEndpoint> {
+        self.pick_for(RequestHead::from(req), Tried::default())
+    }
+
     /// Picks an endpoint for an attempt of `request`, counting it in flight; avoids those
     /// in `tried` while another is usable.
     #[inline]
-    pub(crate) fn pick(
+    pub(crate) fn pick_for(
         &self,
         request: RequestHead<'_>,
         tried: Tried,
-    ) -> Result<Picked, NoneUsable> {
+    ) -> Result<Picked, NoHealthyEndpoint> {
         let inner = &*self.inner;
         if !inner.probers_started.load(Ordering::Relaxed) {
             inner.start_probers();
@@ -589,7 +612,7 @@ impl Pool {
                 return Ok(self.picked(index));
             }
         }
-        Err(NoneUsable {
+        Err(NoHealthyEndpoint {
             retry_after: inner.retry_after(),
         })
     }
@@ -617,9 +640,11 @@ impl Pool {
     }
 }
 
-/// An attempt's endpoint: counted in flight until this is dropped (the proxy keeps it in the
-/// response body), and told how the attempt went.
-pub(crate) struct Picked {
+/// An attempt's endpoint, from [`Pool::pick`]: counted in flight until this is dropped (the
+/// proxy keeps it in the response body until the body ends), and told how the attempt went.
+/// Dropped untold, the attempt counts as cancelled: a failure when the canceller blamed the
+/// upstream ([`Fault::blame`], as the timeout does), else nothing.
+pub struct Picked {
     pool: Arc<PoolInner>,
     index: usize,
     started: Option<Instant>,
@@ -637,19 +662,20 @@ impl fmt::Debug for Picked {
 impl Picked {
     /// Where the attempt goes.
     #[inline]
-    pub(crate) fn upstream(&self) -> &Upstream {
+    pub fn upstream(&self) -> &Upstream {
         &self.pool.slots[self.index].upstream
     }
 
     /// Its index in the pool.
     #[inline]
-    pub(crate) fn index(&self) -> usize {
+    pub fn index(&self) -> usize {
         self.index
     }
 
-    /// The upstream's response head arrived: a success or a failure by the classifier.
+    /// The upstream's response head arrived: a success, or a failure by the pool's
+    /// classifier.
     #[inline]
-    pub(crate) fn answered<B>(&mut self, res: &Response<B>) {
+    pub fn answered<B>(&mut self, res: &Response<B>) {
         self.reported = true;
         let pool = &*self.pool;
         let endpoint = &pool.slots[self.index].endpoint;
@@ -665,7 +691,7 @@ impl Picked {
     }
 
     /// The exchange failed before a response head, by `fault`: only the upstream's counts.
-    pub(crate) fn broke(&mut self, fault: Fault) {
+    pub fn broke(&mut self, fault: Fault) {
         self.reported = true;
         if fault == Fault::Upstream {
             self.pool.failed(self.index);
