@@ -303,8 +303,11 @@ where
         Ok(())
     }
 
-    /// Checks every route and builds the gateway.
+    /// Checks every route and builds the gateway. Every check comes first, so a gateway that
+    /// takes over another's state ([`keep_state_of`](Self::keep_state_of)) either builds or
+    /// leaves the other as it was.
     pub fn build(self) -> Result<Gateway<B>, BuildError> {
+        self.check()?;
         let client: GatewayClient<B> = self.client.build();
         let mut router = observe::router(Router::builder());
         let mut states = RouteStates::new();
@@ -354,7 +357,6 @@ where
         old: &Carried,
         carried: &mut Carried,
     ) -> Result<RouteService<B>, BuildError> {
-        stages::check(prefix, route)?;
         let observe = Observer::for_route(prefix);
         let pool = stages::pool(prefix, route, &observe, old, carried)?;
         let proxy = observe.proxy(stages::proxy(

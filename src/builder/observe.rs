@@ -72,15 +72,14 @@ impl Observer {
             in_flight: ::metrics::Gauge,
             state: ::metrics::Gauge,
             ejections: ::metrics::Counter,
-            probes: [::metrics::Counter; 5],
+            probes: [::metrics::Counter; 6],
         }
-        const RESULTS: [&str; 5] = ["pass", "connect", "timeout", "status", "exchange"];
+        const RESULTS: [&str; 6] = ["pass", "connect", "timeout", "status", "exchange", "path"];
         let series: Vec<Series> = urls
             .iter()
             .map(|(url, _)| {
                 let labels = [("route", self.route.clone()), ("endpoint", url.clone())];
                 let state = ::metrics::gauge!(m::UPSTREAM_ENDPOINT_STATE, &labels);
-                state.set(0.0);
                 Series {
                     in_flight: ::metrics::gauge!(m::UPSTREAM_IN_FLIGHT, &labels),
                     state,
@@ -101,7 +100,8 @@ impl Observer {
                 return;
             };
             match event.kind {
-                PoolEventKind::InFlight(now) => series.in_flight.set(now as f64),
+                PoolEventKind::Taken => series.in_flight.increment(1.0),
+                PoolEventKind::Released => series.in_flight.decrement(1.0),
                 PoolEventKind::Ejected { .. } => {
                     series.ejections.increment(1);
                     series
@@ -122,6 +122,23 @@ impl Observer {
                 }
             }
         })
+    }
+
+    /// Sets each endpoint's state gauge to where it stands (a reload keeps an ejection).
+    pub(super) fn pool_state(&self, pool: &crate::upstream::Pool) {
+        for endpoint in pool.status().endpoints {
+            let state = match endpoint.state {
+                "ejected" => crate::upstream::EndpointState::Ejected,
+                "unhealthy" => crate::upstream::EndpointState::Unhealthy,
+                _ => crate::upstream::EndpointState::Healthy,
+            };
+            ::metrics::gauge!(
+                crate::metrics::UPSTREAM_ENDPOINT_STATE,
+                "route" => self.route.clone(),
+                "endpoint" => endpoint.url,
+            )
+            .set(crate::metrics::endpoint_state_value(state));
+        }
     }
 
     /// `gateway_retries_total{route}`, registered at the first retry.
@@ -219,6 +236,8 @@ impl Observer {
     pub(super) fn pool(&self, pool: PoolBuilder, _urls: &[(String, u32)]) -> PoolBuilder {
         pool
     }
+
+    pub(super) fn pool_state(&self, _pool: &crate::upstream::Pool) {}
 
     pub(super) fn bulkhead(&self, bulkhead: BulkheadLayer) -> BulkheadLayer {
         bulkhead

@@ -108,6 +108,7 @@ pub(super) fn pool<B>(
         pool = pool.keep_state_of(old);
     }
     let pool = pool.build().map_err(|error| pool_error(prefix, error))?;
+    observe.pool_state(&pool);
     carried.pool = Some(pool.clone());
     Ok(pool)
 }

@@ -170,6 +170,7 @@ impl Config {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let trusted = TrustedProxies::new(self.server.trusted_proxies.iter().copied());
         for (i, route) in self.routes.iter().enumerate() {
             let upstreams = route.upstreams.iter().map(|u| (u.url.clone(), u.weight));
             let mut target = route.anonymous.iter().fold(
@@ -178,7 +179,7 @@ impl Config {
                     .timeout(route.timeout),
                 |target, path| target.anonymous(path.clone()),
             );
-            target = route.pool(&format!("routes[{i}]"), target)?;
+            target = route.pool(&format!("routes[{i}]"), target, &trusted)?;
             if let Some(limit) = &route.rate_limit {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
             }
@@ -240,6 +241,10 @@ impl Config {
                     PoolError::Weight { index, weight } => ConfigError::invalid(
                         format!("{route}.upstreams[{index}].weight"),
                         format_args!("{weight} is not between 1 and 1000"),
+                    ),
+                    PoolError::Duplicate { index } => ConfigError::invalid(
+                        format!("{route}.upstreams[{index}]"),
+                        "is listed twice (give it a weight instead)",
                     ),
                     PoolError::Active(message) => {
                         ConfigError::invalid(format!("{route}.health.active"), message)
@@ -737,6 +742,10 @@ unhealthy_threshold = 3           # failures in a row that make it unhealthy
             (
                 "[[routes]]\nprefix = \"/a\"\nupstreams = [7]\n".into(),
                 "routes[0].upstreams[0]: invalid type: integer `7`, expected a URL string or a table",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://h:1\", \"http://h:1\"]\n".into(),
+                "routes[0].upstreams[1]: is listed twice",
             ),
             (
                 route("[routes.balance]\npolicy = \"random\""),

@@ -17,6 +17,7 @@ use crate::api_key::KeySet;
 use crate::builder::DEFAULT_TIMEOUT;
 use crate::builder::Route;
 use crate::circuit_breaker::{FailureRate, FailureRateError, Trip};
+use crate::forwarded::TrustedProxies;
 use crate::rate_limit::{OnStoreError, Quota, QuotaError};
 use crate::upstream::{
     ActiveHealth, HashKey, LeastInFlight, PassiveHealth, Policy, WhenNoneHealthy,
@@ -388,7 +389,12 @@ fn default_unhealthy_threshold() -> u32 {
 
 impl RouteConfig {
     /// The route's pool settings on `route`, checked: key paths under `key`.
-    pub(super) fn pool<B>(&self, key: &str, mut route: Route<B>) -> Result<Route<B>, ConfigError> {
+    pub(super) fn pool<B>(
+        &self,
+        key: &str,
+        mut route: Route<B>,
+        trusted: &TrustedProxies,
+    ) -> Result<Route<B>, ConfigError> {
         if let Some(balance) = &self.balance {
             let key = format!("{key}.balance");
             let policy = match (balance.policy, &balance.hash_key) {
@@ -407,7 +413,12 @@ impl RouteConfig {
                             ),
                         )
                     })?;
-                    Policy::Hash(hash_key)
+                    // The client's address as the rate limiter takes it: through the
+                    // server's trusted proxies.
+                    Policy::Hash(match hash_key {
+                        HashKey::ClientIp(_) => HashKey::ClientIp(trusted.clone()),
+                        other => other,
+                    })
                 }
                 (_, Some(_)) => {
                     return Err(ConfigError::invalid(

@@ -58,6 +58,8 @@ impl<'a, B> From<&'a http::Request<B>> for RequestHead<'a> {
 /// The endpoints a [`Balance`] picks from, with what it may read of each, for one attempt.
 pub struct Candidates<'a> {
     pub(super) slots: &'a [Slot],
+    /// The clock, read at most once per pick and only when an endpoint is ejected.
+    pub(super) now: std::cell::OnceCell<tokio::time::Instant>,
     pub(super) events: &'a Events,
     pub(super) request: RequestHead<'a>,
     /// Endpoints this request was already sent to (bit `index % 64`).
@@ -109,9 +111,10 @@ impl<'a> Candidates<'a> {
             return false;
         };
         let usable = || {
-            slot.endpoint.is_usable(|| {
-                self.events.changed(index, &slot.upstream, Change::Returned);
-            })
+            slot.endpoint.is_usable(
+                || *self.now.get_or_init(tokio::time::Instant::now),
+                || self.events.changed(index, &slot.upstream, Change::Returned),
+            )
         };
         match self.mode {
             Mode::Fresh => self.tried & bit(index) == 0 && usable(),
@@ -149,13 +152,35 @@ impl<'a> Candidates<'a> {
         &self.request
     }
 
-    /// The first eligible endpoint from `start` on, wrapping around.
+    /// The first eligible endpoint from `start` (any number: it is taken modulo the length)
+    /// on, wrapping around.
     #[inline]
     pub fn next_eligible(&self, start: usize) -> Option<usize> {
         let len = self.slots.len();
+        let start = start % len;
         (0..len)
             .map(|step| (start + step) % len)
             .find(|&index| self.is_eligible(index))
+    }
+
+    /// A uniformly random eligible endpoint: a few random draws, then the `n`-th eligible
+    /// one by a random `n`. Used when the policy's own choice is out, so that its share is
+    /// spread evenly instead of going to its neighbour.
+    pub fn random_eligible(&self) -> Option<usize> {
+        let len = self.slots.len() as u64;
+        for _ in 0..8 {
+            let index = below(len) as usize;
+            if self.is_eligible(index) {
+                return Some(index);
+            }
+        }
+        let eligible = (0..self.slots.len())
+            .filter(|&index| self.is_eligible(index))
+            .count();
+        let nth = below(eligible as u64) as usize;
+        (0..self.slots.len())
+            .filter(|&index| self.is_eligible(index))
+            .nth(nth)
     }
 }
 
@@ -253,7 +278,7 @@ impl Balance for RoundRobin {
         if candidates.is_eligible(start) {
             return Some(start);
         }
-        candidates.next_eligible(start + 1)
+        candidates.random_eligible()
     }
 }
 
@@ -311,19 +336,10 @@ impl Balance for LeastInFlight {
             (false, true) => return Some(b),
             (false, false) => {
                 // Both out: two random ones among the eligible, if any.
-                let eligible: Vec<usize> =
-                    (0..len).filter(|&i| candidates.is_eligible(i)).collect();
-                match eligible.len() {
-                    0 => return None,
-                    1 => return Some(eligible[0]),
-                    n => {
-                        let a = below(n as u64) as usize;
-                        let mut b = below(n as u64 - 1) as usize;
-                        if b >= a {
-                            b += 1;
-                        }
-                        (eligible[a], eligible[b])
-                    }
+                let a = candidates.random_eligible()?;
+                match candidates.random_eligible() {
+                    Some(b) if b != a => (a, b),
+                    _ => return Some(a),
                 }
             }
         };
@@ -384,11 +400,21 @@ impl Balance for Weighted {
     #[inline]
     fn pick(&self, candidates: &Candidates<'_>) -> Option<usize> {
         let len = self.sequence.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // An endpoint that is out gives its turn to the next in the sequence, so the others
-        // keep their proportions.
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        let index = self.sequence[turn] as usize;
+        if candidates.is_eligible(index) {
+            return Some(index);
+        }
+        // An endpoint that is out gives its turn to a random turn of the sequence, so the
+        // others keep their proportions to each other.
+        for _ in 0..8 {
+            let index = self.sequence[below(len as u64) as usize] as usize;
+            if candidates.is_eligible(index) {
+                return Some(index);
+            }
+        }
         (0..len)
-            .map(|step| self.sequence[(start + step) % len] as usize)
+            .map(|step| self.sequence[(turn + step) % len] as usize)
             .find(|&index| candidates.is_eligible(index))
     }
 }
@@ -459,8 +485,9 @@ impl HashKey {
 
 /// Points on the ring per unit of weight.
 const POINTS_PER_WEIGHT: u64 = 160;
-/// The most points a ring holds, whatever the weights (the points are shared out in
-/// proportion).
+/// The most points a ring holds, whatever the weights: past a total weight of 1,638 the
+/// points are shared out in proportion, and then an endpoint that is removed from the pool
+/// (not one that is out) moves a few other keys too.
 const MAX_POINTS: u64 = 1 << 18;
 
 /// Consistent hashing: every endpoint owns points on a ring of 64-bit hashes of

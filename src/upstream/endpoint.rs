@@ -1,11 +1,13 @@
 //! One endpoint's health and load, shared by every pool that lists its URL (a reload's old
 //! and new pool), so that its state outlives the pool it was first built for.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::pool::PoolInner;
 
 /// The endpoint fails its active health check.
 const UNHEALTHY: u64 = 1;
@@ -52,6 +54,9 @@ pub(super) struct Endpoint {
     /// When the estimate was last moved, in nanoseconds from `epoch`.
     latency_at: AtomicU64,
     record: Mutex<Record>,
+    /// The newest pool that lists this endpoint (after a reload, the new one): it decides
+    /// ejections, with its settings and its cap, whichever pool's attempt failed.
+    owner: Mutex<Weak<PoolInner>>,
 }
 
 /// What only transitions touch.
@@ -99,11 +104,30 @@ impl Endpoint {
                 probe_failures_total: 0,
                 ejections_total: 0,
             }),
+            owner: Mutex::new(Weak::new()),
         }
     }
 
+    /// The pool that decides this endpoint's ejections, if it still lives.
+    pub(super) fn owner(&self) -> Option<Arc<PoolInner>> {
+        self.owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .upgrade()
+    }
+
+    /// Makes `pool` the one that decides.
+    pub(super) fn set_owner(&self, pool: Weak<PoolInner>) {
+        *self
+            .owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pool;
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 2)
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(u64::MAX >> UNTIL_SHIFT)
     }
 
     fn record(&self) -> std::sync::MutexGuard<'_, Record> {
@@ -114,10 +138,14 @@ impl Endpoint {
     }
 
     /// Whether the endpoint takes traffic: not failing its health check and not ejected (an
-    /// ejection whose time is up ends here, on probation, and `on_return` runs). One atomic
-    /// load when it is.
+    /// ejection whose time, by `now`, is up ends here, on probation, and `on_return` runs).
+    /// One atomic load when it is usable.
     #[inline]
-    pub(super) fn is_usable(&self, on_return: impl FnOnce()) -> bool {
+    pub(super) fn is_usable(
+        &self,
+        now: impl FnOnce() -> Instant,
+        on_return: impl FnOnce(),
+    ) -> bool {
         let state = self.state.load(Ordering::Acquire);
         if state & !PROBATION == 0 {
             return true;
@@ -125,37 +153,34 @@ impl Endpoint {
         if state & UNHEALTHY != 0 {
             return false;
         }
-        match self.ejection_over(state, Instant::now()) {
-            Some(true) => {
+        let now = now();
+        if self.nanos(now) < state >> UNTIL_SHIFT {
+            return false;
+        }
+        let back = (state & UNHEALTHY) | PROBATION;
+        match self
+            .state
+            .compare_exchange(state, back, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                let mut record = self.record();
+                record.clean_since = now;
+                record.since = now;
+                drop(record);
                 on_return();
                 true
             }
-            Some(false) => true,
-            None => false,
+            // Someone else moved it (ended the ejection, or ejected it again): as it is now.
+            Err(current) => {
+                current & !PROBATION == 0
+                    || (current & UNHEALTHY == 0 && self.nanos(now) >= current >> UNTIL_SHIFT)
+            }
         }
     }
 
-    /// Ends an ejection (state word `state`) whose time is up at `now`; `Some(true)` when
-    /// this call ended it, `Some(false)` when another did, `None` when it is still on.
-    fn ejection_over(&self, state: u64, now: Instant) -> Option<bool> {
-        let until = state >> UNTIL_SHIFT;
-        if until == 0 {
-            return Some(false);
-        }
-        if self.nanos(now) < until {
-            return None;
-        }
-        let back = (state & UNHEALTHY) | PROBATION;
-        let won = self
-            .state
-            .compare_exchange(state, back, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if won {
-            let mut record = self.record();
-            record.clean_since = now;
-            record.since = now;
-        }
-        Some(won)
+    /// Neither ejected (at `now`) nor failing its health check.
+    pub(super) fn is_up(&self, now: Instant) -> bool {
+        self.state.load(Ordering::Acquire) & UNHEALTHY == 0 && !self.is_ejected(now)
     }
 
     /// Whether the endpoint is ejected now.
@@ -246,9 +271,11 @@ impl Endpoint {
     }
 
     /// A failure that did not eject still ends the clean period the ejection count decays
-    /// over.
-    pub(super) fn dirty(&self, now: Instant) {
-        self.record().clean_since = now;
+    /// over (after the decay it earned is counted).
+    pub(super) fn dirty(&self, base: Duration, now: Instant) {
+        let mut record = self.record();
+        record.ejections = settle(record.ejections, record.clean_since, base, now);
+        record.clean_since = now;
     }
 
     /// An active probe's result, with the thresholds that flip the state; the changes it
@@ -273,8 +300,17 @@ impl Endpoint {
                 changes.0 = Some(Change::Healthy);
             }
             if self.is_ejected(now) {
-                // A passing probe ends an ejection, without probation: the endpoint answered.
-                self.state.fetch_and(UNHEALTHY, Ordering::AcqRel);
+                // A passing probe ends an ejection, on probation like any return: `/health`
+                // may pass while real requests still fail.
+                let mut state = self.state.load(Ordering::Acquire);
+                while let Err(current) = self.state.compare_exchange(
+                    state,
+                    (state & UNHEALTHY) | PROBATION,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    state = current;
+                }
                 self.failures.store(0, Ordering::Relaxed);
                 record.clean_since = now;
                 record.since = now;
@@ -387,10 +423,10 @@ mod tests {
                 duration: BASE
             }
         );
-        assert!(!endpoint.is_usable(|| panic!("not over yet")));
+        assert!(!endpoint.is_usable(Instant::now, || panic!("not over yet")));
         tokio::time::advance(BASE).await;
         let mut returned = false;
-        assert!(endpoint.is_usable(|| returned = true));
+        assert!(endpoint.is_usable(Instant::now, || returned = true));
         assert!(
             returned,
             "the ejection ends at the first look after its time"
@@ -405,7 +441,7 @@ mod tests {
             }
         );
         tokio::time::advance(2 * BASE).await;
-        assert!(endpoint.is_usable(|| {}));
+        assert!(endpoint.is_usable(Instant::now, || {}));
         endpoint.succeeded();
         assert!(!endpoint.failed(5), "a success ends probation");
         // Two clean base periods bring the count from 2 to 0: the next ejection is a first.
@@ -420,6 +456,20 @@ mod tests {
                 duration: BASE
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_after_clean_periods_keeps_the_decay_it_earned() {
+        let endpoint = Endpoint::new();
+        for _ in 0..2 {
+            endpoint.eject(BASE, MAX, Duration::ZERO, Instant::now());
+        }
+        tokio::time::advance(MAX).await;
+        assert!(endpoint.is_usable(Instant::now, || {}));
+        tokio::time::advance(10 * BASE).await;
+        endpoint.dirty(BASE, Instant::now());
+        let (ejections, ..) = endpoint.counts(BASE, Instant::now());
+        assert_eq!(ejections, 0, "ten clean periods paid off both ejections");
     }
 
     #[tokio::test(start_paused = true)]
@@ -446,12 +496,12 @@ mod tests {
             endpoint.probed(false, 2, 3, Instant::now()),
             (Some(Change::Unhealthy), None)
         );
-        assert!(!endpoint.is_usable(|| {}));
+        assert!(!endpoint.is_usable(Instant::now, || {}));
         assert_eq!(endpoint.probed(true, 2, 3, Instant::now()), (None, None));
         assert_eq!(
             endpoint.probed(true, 2, 3, Instant::now()),
             (Some(Change::Healthy), None)
         );
-        assert!(endpoint.is_usable(|| {}));
+        assert!(endpoint.is_usable(Instant::now, || {}));
     }
 }

@@ -219,16 +219,22 @@ impl Prober {
     }
 }
 
-impl Drop for Prober {
-    fn drop(&mut self) {
-        if let Some(task) = self
+impl Prober {
+    /// Stops the loop for good.
+    pub(super) fn stop(&self) {
+        let mut task = self
             .task
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(task) = task.take() {
             task.abort();
         }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

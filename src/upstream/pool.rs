@@ -70,8 +70,10 @@ pub enum PoolEventKind {
     /// An active probe ended: `None` when it passed, else why it failed (`connect`,
     /// `timeout`, `status`, `exchange`).
     Probe(Option<&'static str>),
-    /// Its requests in flight changed to this many.
-    InFlight(usize),
+    /// A request to it is in flight (until its response body ends).
+    Taken,
+    /// A request to it is no longer in flight.
+    Released,
 }
 
 type EventHook = Arc<dyn Fn(&PoolEvent<'_>) + Send + Sync>;
@@ -175,6 +177,12 @@ pub enum PoolError {
     /// An active check's path that does not start with `/`, or a zero interval or timeout.
     #[error("active health check: {0}")]
     Active(&'static str),
+    /// An endpoint listed twice (give it a weight instead).
+    #[error("endpoint {index} is listed twice")]
+    Duplicate {
+        /// Which endpoint, from 0: the second listing.
+        index: usize,
+    },
     /// Passive health settings that cannot work.
     #[error("passive health: {0}")]
     Passive(&'static str),
@@ -263,8 +271,9 @@ impl PoolBuilder {
 
     /// Takes over `previous`'s endpoint state for every URL both pools list: ejection and
     /// its count, probe state, failures in a row, requests in flight and the latency
-    /// estimate (for a reload). Active checks with the same settings keep running as they
-    /// were; `previous`'s are stopped when it is dropped.
+    /// estimate (for a reload). From [`build`](PoolBuilder::build) on, this pool decides
+    /// the shared endpoints' ejections (also for attempts still running on `previous`), and
+    /// `previous`'s active checks stop: this pool's run instead.
     pub fn keep_state_of(mut self, previous: &Pool) -> Self {
         self.previous = Some(previous.clone());
         self
@@ -276,8 +285,12 @@ impl PoolBuilder {
             return Err(PoolError::Empty);
         }
         if let Some(active) = &self.active {
-            if !active.path.starts_with('/') {
-                return Err(PoolError::Active("the path must start with '/'"));
+            if !active.path.starts_with('/')
+                || http::uri::PathAndQuery::try_from(active.path.as_str()).is_err()
+            {
+                return Err(PoolError::Active(
+                    "the path must be a path starting with '/'",
+                ));
             }
             if active.interval.is_zero() || active.timeout.is_zero() {
                 return Err(PoolError::Active(
@@ -299,7 +312,14 @@ impl PoolBuilder {
                     weight: *weight,
                 });
             }
-            Upstream::parse(url).map_err(|source| PoolError::Url { index, source })?;
+            let upstream =
+                Upstream::parse(url).map_err(|source| PoolError::Url { index, source })?;
+            if self.endpoints[..index]
+                .iter()
+                .any(|(other, _)| other == upstream.url())
+            {
+                return Err(PoolError::Duplicate { index });
+            }
         }
         Ok(())
     }
@@ -327,11 +347,10 @@ impl PoolBuilder {
                         || Arc::new(Endpoint::new()),
                         |slot| Arc::clone(&slot.endpoint),
                     );
-                    let prober = self.active.as_ref().map(|settings| {
-                        kept.and_then(|slot| slot.prober.as_ref())
-                            .filter(|prober| prober.settings == *settings)
-                            .map_or_else(|| Arc::new(Prober::new(settings.clone())), Arc::clone)
-                    });
+                    let prober = self
+                        .active
+                        .as_ref()
+                        .map(|settings| Arc::new(Prober::new(settings.clone())));
                     if prober.is_none() && kept.is_some_and(|slot| slot.prober.is_some()) {
                         // The checks are off now: their verdict no longer holds.
                         endpoint.clear_probe_state();
@@ -365,6 +384,13 @@ impl PoolBuilder {
             eject_lock: Mutex::new(()),
             events: Arc::new(Events { hooks: self.hooks }),
         });
+        for slot in &*inner.slots {
+            slot.endpoint.set_owner(Arc::downgrade(&inner));
+        }
+        // The previous pool's probes stop; this one's start.
+        if let Some(previous) = &self.previous {
+            previous.inner.retire();
+        }
         inner.start_probers();
         Ok(Pool { inner })
     }
@@ -380,7 +406,7 @@ pub struct Pool {
     inner: Arc<PoolInner>,
 }
 
-struct PoolInner {
+pub(super) struct PoolInner {
     slots: Box<[Slot]>,
     balance: Arc<dyn Balance>,
     policy: Policy,
@@ -444,39 +470,75 @@ impl PoolInner {
         }
     }
 
+    /// An attempt to endpoint `index` failed. The newest pool that lists the endpoint (after
+    /// a reload, the new one) decides, with its settings and its cap.
     fn failed(&self, index: usize) {
+        let endpoint = &self.slots[index].endpoint;
+        let owner = endpoint
+            .owner()
+            .filter(|owner| !std::ptr::eq(Arc::as_ptr(owner), self));
+        match owner.as_deref().and_then(|owner| {
+            let at = owner
+                .slots
+                .iter()
+                .position(|slot| Arc::ptr_eq(&slot.endpoint, endpoint))?;
+            Some((owner, at))
+        }) {
+            Some((owner, at)) => owner.decide(at),
+            None => self.decide(index),
+        }
+    }
+
+    fn decide(&self, index: usize) {
         let Some(passive) = &self.passive else {
             return;
         };
         let slot = &self.slots[index];
         if !slot.endpoint.failed(passive.consecutive_failures) {
-            slot.endpoint.dirty(Instant::now());
+            slot.endpoint.dirty(passive.base_ejection, Instant::now());
             return;
         }
-        let _decide = self
-            .eject_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if slot.endpoint.is_ejected(now) {
-            return;
+        let decided = {
+            let _decide = self
+                .eject_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            if slot.endpoint.is_ejected(now) {
+                return;
+            }
+            let out = self
+                .slots
+                .iter()
+                .filter(|slot| slot.endpoint.is_ejected(now))
+                .count();
+            // Never the last: another endpoint must be up (not ejected, not unhealthy).
+            let others_up = self.slots.iter().any(|other| {
+                !Arc::ptr_eq(&other.endpoint, &slot.endpoint) && other.endpoint.is_up(now)
+            });
+            if out >= passive.max_ejected(self.slots.len()) || !others_up {
+                slot.endpoint.dirty(passive.base_ejection, now);
+                return;
+            }
+            slot.endpoint.eject(
+                passive.base_ejection,
+                passive.max_ejection,
+                passive.draw_jitter(),
+                now,
+            )
+        };
+        // The hooks run outside the lock.
+        self.events.changed(index, &slot.upstream, decided);
+    }
+
+    /// Stops the probes (a pool that took this one's state over runs its own).
+    fn retire(&self) {
+        self.probers_started.store(true, Ordering::Relaxed);
+        for slot in &*self.slots {
+            if let Some(prober) = &slot.prober {
+                prober.stop();
+            }
         }
-        let out = self
-            .slots
-            .iter()
-            .filter(|slot| slot.endpoint.is_ejected(now))
-            .count();
-        if out >= passive.max_ejected(self.slots.len()) {
-            slot.endpoint.dirty(now);
-            return;
-        }
-        let change = slot.endpoint.eject(
-            passive.base_ejection,
-            passive.max_ejection,
-            passive.draw_jitter(),
-            now,
-        );
-        self.events.changed(index, &slot.upstream, change);
     }
 
     /// How long until an endpoint may be usable again, for a `503`'s `Retry-After`.
@@ -589,6 +651,7 @@ impl Pool {
         }
         let mut candidates = Candidates {
             slots: &inner.slots,
+            now: std::cell::OnceCell::new(),
             events: &inner.events,
             request,
             tried: tried.0,
@@ -624,11 +687,12 @@ impl Pool {
             .endpoint
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
+        let _ = in_flight;
         if !inner.events.hooks.is_empty() {
             inner.events.emit(&PoolEvent {
                 index,
                 endpoint: inner.slots[index].upstream.url(),
-                kind: PoolEventKind::InFlight(in_flight + 1),
+                kind: PoolEventKind::Taken,
             });
         }
         Picked {
@@ -707,12 +771,12 @@ impl Drop for Picked {
             self.pool.failed(self.index);
         }
         let slot = &self.pool.slots[self.index];
-        let in_flight = slot.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        slot.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.pool.events.hooks.is_empty() {
             self.pool.events.emit(&PoolEvent {
                 index: self.index,
                 endpoint: slot.upstream.url(),
-                kind: PoolEventKind::InFlight(in_flight.saturating_sub(1)),
+                kind: PoolEventKind::Released,
             });
         }
     }
@@ -760,4 +824,107 @@ pub struct EndpointStatus {
 /// The bit set of `index` added to `tried`.
 pub(crate) fn with_tried(tried: Tried, index: usize) -> Tried {
     Tried(tried.0 | bit(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> http::Request<()> {
+        http::Request::new(())
+    }
+
+    /// Picks until endpoint `index` comes up, then fails an attempt on it.
+    fn fail_on(pool: &Pool, index: usize) {
+        loop {
+            let mut picked = pool.pick(&request()).unwrap();
+            if picked.index() == index {
+                picked.broke(Fault::Upstream);
+                return;
+            }
+        }
+    }
+
+    fn states(pool: &Pool) -> Vec<&'static str> {
+        pool.status().endpoints.iter().map(|e| e.state).collect()
+    }
+
+    const URLS: [&str; 4] = [
+        "http://10.0.0.1:80",
+        "http://10.0.0.2:80",
+        "http://10.0.0.3:80",
+        "http://10.0.0.4:80",
+    ];
+
+    #[tokio::test]
+    async fn after_a_reload_the_new_pool_decides_even_for_the_old_pools_attempts() {
+        let passive = PassiveHealth::new().consecutive_failures(1);
+        let old = Pool::builder(URLS)
+            .passive_health(passive.clone())
+            .build()
+            .unwrap();
+        // The new pool has two of the four: its cap is one ejection.
+        let new = Pool::builder(URLS[..2].iter().copied())
+            .passive_health(passive)
+            .keep_state_of(&old)
+            .build()
+            .unwrap();
+        fail_on(&new, 0);
+        assert_eq!(states(&new), ["ejected", "healthy"]);
+        // An attempt still running on the old pool fails on the other: the old pool's cap
+        // (two of four) would eject it and leave the new pool with nothing.
+        fail_on(&old, 1);
+        assert_eq!(
+            states(&new),
+            ["ejected", "healthy"],
+            "never the last of the new pool"
+        );
+    }
+
+    #[tokio::test]
+    async fn never_ejects_the_last_endpoint_that_is_up() {
+        let pool = Pool::builder(URLS[..2].iter().copied())
+            .passive_health(PassiveHealth::new().consecutive_failures(1))
+            .build()
+            .unwrap();
+        // The first is unhealthy (its checks failed): the second is the last one up.
+        pool.inner.slots[0]
+            .endpoint
+            .probed(false, 1, 1, Instant::now());
+        fail_on(&pool, 1);
+        assert_eq!(states(&pool), ["unhealthy", "healthy"]);
+    }
+
+    #[tokio::test]
+    async fn in_flight_counts_each_pick_until_it_is_dropped() {
+        let pool = Pool::builder(URLS[..1].iter().copied()).build().unwrap();
+        let first = pool.pick(&request()).unwrap();
+        let second = pool.pick(&request()).unwrap();
+        assert_eq!(pool.status().endpoints[0].in_flight, 2);
+        drop(first);
+        assert_eq!(pool.status().endpoints[0].in_flight, 1);
+        drop(second);
+        assert_eq!(pool.status().endpoints[0].in_flight, 0);
+    }
+
+    #[test]
+    fn bad_pools_are_refused() {
+        let error = |builder: PoolBuilder| builder.build().unwrap_err().to_string();
+        assert_eq!(
+            error(Pool::builder(Vec::<String>::new())),
+            "a pool needs at least one endpoint"
+        );
+        assert_eq!(
+            error(Pool::builder([URLS[0], URLS[1], URLS[0]])),
+            "endpoint 2 is listed twice"
+        );
+        assert_eq!(
+            error(PoolBuilder::weighted([(URLS[0], 1001)])),
+            "endpoint 0: weight 1001 is not between 1 and 1000"
+        );
+        assert!(
+            error(Pool::builder([URLS[0]]).active_health(ActiveHealth::new("/he alth")))
+                .starts_with("active health check: the path")
+        );
+    }
 }
