@@ -14,12 +14,16 @@
 //!             Bulkhead        per route, all clients: 429 at once; held until the body ends
 //!             Retry           safe methods again after a 5xx, 502 or 504; one bulkhead slot
 //!             Timeout         per attempt, until the response head: 504
-//!             ProxyService    streams to an upstream and back: 502 when unreachable
+//!             ProxyService    streams to the endpoint the route's pool picks: 502 when
+//!                             unreachable, 503 when the pool has none and fails closed
 //! ```
 //!
 //! The breaker sits outside retry, so it counts one outcome per client request (after its
 //! retries); retry sits outside the timeout, so each attempt gets a fresh timeout. A route's
-//! [classifier](Route::classifier) tells both what a failure is.
+//! [classifier](Route::classifier) tells both what a failure is, and the route's
+//! [upstream pool](crate::upstream) too: the pool ejects a single endpoint that keeps failing
+//! (and a retry goes to another endpoint), while the breaker guards against the whole pool
+//! failing, so one dead endpoint of three never opens it.
 //!
 //! # Example
 //! ```no_run

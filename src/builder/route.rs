@@ -134,7 +134,10 @@ impl<B> Route<B> {
     /// upstream failures (5xx, timeouts, unreachable upstreams; never 4xx), or at a
     /// [`FailureRate`](crate::circuit_breaker::FailureRate) over a sliding window. Then
     /// `503` without contacting the upstream for `cooldown`, and one probe decides (see
-    /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)).
+    /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)). It is the
+    /// route-level guard against the whole pool failing; a single endpoint that fails is the
+    /// pool's to eject ([`passive_health`](Self::passive_health)), and a retry goes to
+    /// another endpoint, so it does not open the breaker.
     pub fn circuit_breaker(mut self, trip: impl Into<Trip>, cooldown: Duration) -> Self {
         self.circuit_breaker = Some(Breaker {
             trip: trip.into(),

@@ -102,7 +102,8 @@ impl<'a> Candidates<'a> {
     }
 
     /// Whether endpoint `index` may take this attempt: usable (not ejected, passing its
-    /// health check) and not already tried by this request. When the pool has no such
+    /// health check) and not already tried by this request (in a pool of more than 64
+    /// endpoints, tried ones are told apart by their index modulo 64). When the pool has no such
     /// endpoint it asks again with the condition relaxed (tried ones allowed; then, when it
     /// fails open, unusable ones too).
     #[inline]
