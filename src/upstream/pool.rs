@@ -683,11 +683,10 @@ impl Pool {
     #[inline]
     fn picked(&self, index: usize) -> Picked {
         let inner = &*self.inner;
-        let in_flight = inner.slots[index]
+        inner.slots[index]
             .endpoint
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
-        let _ = in_flight;
         if !inner.events.hooks.is_empty() {
             inner.events.emit(&PoolEvent {
                 index,
