@@ -44,7 +44,8 @@ use tower::{Layer, Service};
 use tower_gateway::builder::{Gateway, Route};
 use tower_gateway::circuit_breaker::CircuitBreakerLayer;
 use tower_gateway::classify::{FailureClassifier, ResponseHead, ServerErrors};
-use tower_gateway::rate_limit::{KeyExtractor, Quota, RateLimitLayer, RequestHead};
+use tower_gateway::extensions::RequestHead;
+use tower_gateway::rate_limit::{KeyExtractor, Quota, RateLimitLayer};
 use tower_gateway::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 use tower_gateway::server::Server;
 

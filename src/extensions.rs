@@ -1,6 +1,7 @@
 //! Typed request extensions that several layers read: [`CorrelationId`], [`PeerAddr`] and
-//! [`Identity`]; and [`HandBack`], through which the service at the end of a stack gives a
-//! retry the request it consumed.
+//! [`Identity`]; [`HandBack`], through which the service at the end of a stack gives a
+//! retry the request it consumed; and [`RequestHead`], the borrowed view of a request that
+//! key extractors and balancers read.
 //!
 //! They live here, not in the layer that sets them, because concern modules never import each
 //! other: the rate limiter, the proxy and every rejection read them without depending on
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::HeaderValue;
 use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 /// The correlation ID of a request, as the
 /// [`CorrelationIdLayer`](crate::correlation_id::CorrelationIdLayer) put it in the request
@@ -354,5 +356,50 @@ impl fmt::Debug for HandBack {
         f.debug_struct("HandBack")
             .field("filled", &self.is_filled())
             .finish()
+    }
+}
+
+/// A borrowed view of a request's head (everything but the body): four references, made
+/// without touching the request. Rate-limit key extractors and upstream balancers read the
+/// request through it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request target.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The extensions (the auth [`Identity`], the [`PeerAddr`], ...).
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+}
+
+impl<'a, B> From<&'a Request<B>> for RequestHead<'a> {
+    #[inline]
+    fn from(req: &'a Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
     }
 }

@@ -24,10 +24,10 @@ use super::error::ProxyError;
 use super::forward::set_forwarding_headers;
 use super::upgrade;
 use crate::body::GatewayBody;
-use crate::extensions::{CorrelationId, HandBack, PeerAddr, UpgradeGuards};
+use crate::extensions::{CorrelationId, HandBack, PeerAddr, RequestHead, UpgradeGuards};
 use crate::forwarded::TrustedProxies;
 use crate::rejection::{Fault, Rejection, RejectionKind};
-use crate::upstream::{Picked, Pool, RequestHead, Tried, Upstream, with_tried};
+use crate::upstream::{Picked, Pool, Tried, Upstream, with_tried};
 
 /// The pooled keep-alive HTTP/1.1 client the proxy forwards with, for request bodies of type
 /// `B`. Cloning is a reference-count bump, and the clones share one connection pool: share

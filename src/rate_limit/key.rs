@@ -5,55 +5,11 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use http::HeaderValue;
 use http::header::HeaderName;
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
 
-use crate::extensions::{Identity, PeerAddr};
+use crate::extensions::{Identity, PeerAddr, RequestHead};
 use crate::forwarded::{TrustedProxies, client_ip};
-
-/// A borrowed view of a request's head (everything but the body), for key extractors: four
-/// references, made without touching the request.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestHead<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    extensions: &'a Extensions,
-}
-
-impl<'a> RequestHead<'a> {
-    /// The method.
-    pub fn method(&self) -> &'a Method {
-        self.method
-    }
-
-    /// The request target.
-    pub fn uri(&self) -> &'a Uri {
-        self.uri
-    }
-
-    /// The headers.
-    pub fn headers(&self) -> &'a HeaderMap {
-        self.headers
-    }
-
-    /// The extensions (the auth [`Identity`], the [`PeerAddr`], ...).
-    pub fn extensions(&self) -> &'a Extensions {
-        self.extensions
-    }
-}
-
-impl<'a, B> From<&'a Request<B>> for RequestHead<'a> {
-    #[inline]
-    fn from(req: &'a Request<B>) -> Self {
-        Self {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            extensions: req.extensions(),
-        }
-    }
-}
 
 /// Picks the key a request is counted under. Closures `Fn(&RequestHead<'_>) -> Option<K>`
 /// are key extractors too.
@@ -345,6 +301,7 @@ fn warn_no_address() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn request(peer: Option<&str>, xff: Option<&str>, identity: Option<&str>) -> Request<()> {
         let mut req = Request::get("/").body(()).unwrap();

@@ -11,9 +11,10 @@ use tower::{Layer, Service};
 use super::Quota;
 use super::decide::{Headers, Pending, State, decide};
 use super::future::ResponseFuture;
-use super::key::{ClientId, ClientKey, KeyExtractor, RequestHead};
+use super::key::{ClientId, ClientKey, KeyExtractor};
 use super::local::LocalStore;
 use super::store::{Check, RateLimitStore};
+use crate::extensions::RequestHead;
 use crate::rejection::{ProblemJson, RenderRejection};
 
 /// Limits each client to a [`Quota`]; see the [module docs](super).

@@ -106,8 +106,7 @@ use std::time::Duration;
 
 pub use future::ResponseFuture;
 pub use key::{
-    ClientId, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, RequestHead,
-    StoreKey,
+    ClientId, ClientKey, GlobalKey, HeaderKey, IdentityKey, KeyExtractor, PeerIp, StoreKey,
 };
 pub use layer::{RateLimit, RateLimitLayer};
 pub use local::{DEFAULT_MAX_KEYS, LocalStore};

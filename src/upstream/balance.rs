@@ -7,53 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::{COOKIE, HeaderName};
-use http::{Extensions, HeaderMap, Uri};
 
 use super::endpoint::Change;
 use super::pool::{Events, Slot};
-use crate::extensions::PeerAddr;
+use crate::extensions::{PeerAddr, RequestHead};
 use crate::forwarded::{TrustedProxies, client_ip};
 use crate::random::below;
-
-/// A borrowed view of the request an endpoint is picked for (everything but the body).
-#[derive(Clone, Copy, Debug)]
-pub struct RequestHead<'a> {
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    extensions: &'a Extensions,
-}
-
-impl<'a> RequestHead<'a> {
-    /// A view of a request's parts.
-    pub fn new(uri: &'a Uri, headers: &'a HeaderMap, extensions: &'a Extensions) -> Self {
-        Self {
-            uri,
-            headers,
-            extensions,
-        }
-    }
-
-    /// The URI (after the router stripped the route prefix, in the gateway).
-    pub fn uri(&self) -> &'a Uri {
-        self.uri
-    }
-
-    /// The headers.
-    pub fn headers(&self) -> &'a HeaderMap {
-        self.headers
-    }
-
-    /// The extensions.
-    pub fn extensions(&self) -> &'a Extensions {
-        self.extensions
-    }
-}
-
-impl<'a, B> From<&'a http::Request<B>> for RequestHead<'a> {
-    fn from(req: &'a http::Request<B>) -> Self {
-        Self::new(req.uri(), req.headers(), req.extensions())
-    }
-}
 
 /// The endpoints a [`Balance`] picks from, with what it may read of each, for one attempt.
 pub struct Candidates<'a> {
@@ -458,11 +417,11 @@ impl HashKey {
     fn hash(&self, request: &RequestHead<'_>) -> Option<u64> {
         match self {
             Self::Header(name) => request
-                .headers
+                .headers()
                 .get(name)
                 .map(|value| hash(value.as_bytes())),
             Self::Cookie(name) => request
-                .headers
+                .headers()
                 .get_all(COOKIE)
                 .iter()
                 .filter_map(|value| value.to_str().ok())
@@ -472,14 +431,14 @@ impl HashKey {
                     (key == name).then(|| hash(value.as_bytes()))
                 }),
             Self::ClientIp(trusted) => {
-                let peer = PeerAddr::from_extensions(request.extensions)?;
-                let ip = client_ip(request.headers, peer.0.ip(), trusted);
+                let peer = PeerAddr::from_extensions(request.extensions())?;
+                let ip = client_ip(request.headers(), peer.0.ip(), trusted);
                 Some(match ip {
                     IpAddr::V4(ip) => hash(&ip.octets()),
                     IpAddr::V6(ip) => hash(&ip.octets()),
                 })
             }
-            Self::Path => Some(hash(request.uri.path().as_bytes())),
+            Self::Path => Some(hash(request.uri().path().as_bytes())),
         }
     }
 }

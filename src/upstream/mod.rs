@@ -55,7 +55,7 @@ mod health;
 mod pool;
 mod url;
 
-pub use balance::{Balance, Candidates, HashKey, LeastInFlight, Policy, RequestHead, hash};
+pub use balance::{Balance, Candidates, HashKey, LeastInFlight, Policy, hash};
 pub use endpoint::EndpointState;
 pub use health::{ActiveHealth, PassiveHealth};
 pub use pool::{

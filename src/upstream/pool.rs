@@ -10,11 +10,12 @@ use http::Response;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::balance::{Balance, Candidates, Mode, Policy, RequestHead, bit};
+use super::balance::{Balance, Candidates, Mode, Policy, bit};
 use super::endpoint::{Change, Endpoint, EndpointState};
 use super::health::{ActiveHealth, PassiveHealth, Prober};
 use super::url::{Upstream, UpstreamError};
 use crate::classify::{FailureClassifier, ResponseHead, SharedClassifier};
+use crate::extensions::RequestHead;
 use crate::rejection::Fault;
 
 /// What a pool does when none of its endpoints is usable.
