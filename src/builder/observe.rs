@@ -65,7 +65,7 @@ impl Observer {
     /// `gateway_upstream_endpoint_state`, `gateway_upstream_ejections_total` and
     /// `gateway_upstream_probes_total`, each `{route, endpoint}`; handles made here, so an
     /// event costs an index and an atomic.
-    pub(super) fn pool(&self, pool: PoolBuilder, urls: &[(String, u32)]) -> PoolBuilder {
+    pub(super) fn pool(&self, pool: PoolBuilder) -> PoolBuilder {
         use crate::metrics as m;
         use crate::upstream::{EndpointState, PoolEventKind};
         struct Series {
@@ -75,7 +75,8 @@ impl Observer {
             probes: [::metrics::Counter; 6],
         }
         const RESULTS: [&str; 6] = ["pass", "connect", "timeout", "status", "exchange", "path"];
-        let series: Vec<Series> = urls
+        let series: Vec<Series> = pool
+            .endpoints()
             .iter()
             .map(|(url, _)| {
                 let labels = [("route", self.route.clone()), ("endpoint", url.clone())];
@@ -233,7 +234,7 @@ impl Observer {
         retry
     }
 
-    pub(super) fn pool(&self, pool: PoolBuilder, _urls: &[(String, u32)]) -> PoolBuilder {
+    pub(super) fn pool(&self, pool: PoolBuilder) -> PoolBuilder {
         pool
     }
 

@@ -14,7 +14,7 @@ use super::{BoxRoute, GatewayResponse};
 use crate::circuit_breaker::Trip;
 use crate::classify::{FailureClassifier, SharedClassifier};
 use crate::rate_limit::Quota;
-use crate::upstream::{ActiveHealth, PassiveHealth, Policy, WhenNoneHealthy};
+use crate::upstream::{ActiveHealth, PassiveHealth, Policy, PoolBuilder, WhenNoneHealthy};
 use std::convert::Infallible;
 
 /// The default per-attempt timeout: 30 s.
@@ -26,9 +26,9 @@ pub(super) type WrapFn<B> = Arc<dyn Fn(BoxRoute<B>) -> BoxRoute<B> + Send + Sync
 /// A route's upstreams and settings, for [`GatewayBuilder::route`](super::GatewayBuilder::route).
 #[must_use]
 pub struct Route<B = Incoming> {
-    /// `(url, weight)`.
-    pub(super) upstreams: Vec<(String, u32)>,
-    pub(super) pool: PoolSettings,
+    /// The upstreams and how they are balanced and checked; the builder adds the route's
+    /// classifier, the observers and the carried state.
+    pub(super) pool: PoolBuilder,
     pub(super) strip_prefix: bool,
     pub(super) timeout: Duration,
     pub(super) anonymous: Vec<String>,
@@ -38,16 +38,6 @@ pub struct Route<B = Incoming> {
     pub(super) retry: Retries,
     pub(super) classifier: SharedClassifier,
     pub(super) layers: Vec<WrapFn<B>>,
-}
-
-/// A route's pool settings.
-#[derive(Clone, Debug, Default)]
-pub(super) struct PoolSettings {
-    pub(super) policy: Policy,
-    /// `None`: the default; `Some(None)`: off.
-    pub(super) passive: Option<Option<PassiveHealth>>,
-    pub(super) active: Option<ActiveHealth>,
-    pub(super) when_none: WhenNoneHealthy,
 }
 
 /// A route's retry settings.
@@ -69,7 +59,6 @@ pub(super) struct Breaker {
 impl<B> fmt::Debug for Route<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
-            .field("upstreams", &self.upstreams)
             .field("pool", &self.pool)
             .field("strip_prefix", &self.strip_prefix)
             .field("timeout", &self.timeout)
@@ -103,11 +92,7 @@ impl<B> Route<B> {
         U: Into<String>,
     {
         Self {
-            upstreams: upstreams
-                .into_iter()
-                .map(|(url, weight)| (url.into(), weight))
-                .collect(),
-            pool: PoolSettings::default(),
+            pool: PoolBuilder::weighted(upstreams),
             strip_prefix: true,
             timeout: DEFAULT_TIMEOUT,
             anonymous: Vec::new(),
@@ -188,7 +173,7 @@ impl<B> Route<B> {
     /// How the route's upstreams share its requests (default [`Policy::RoundRobin`]); see
     /// [`upstream`](crate::upstream).
     pub fn balance(mut self, policy: Policy) -> Self {
-        self.pool.policy = policy;
+        self.pool = self.pool.policy(policy);
         self
     }
 
@@ -197,20 +182,20 @@ impl<B> Route<B> {
     /// Failures are what the route's [classifier](Self::classifier) says, plus connection
     /// errors and timeouts; never a client's fault.
     pub fn passive_health(mut self, passive: impl Into<Option<PassiveHealth>>) -> Self {
-        self.pool.passive = Some(passive.into());
+        self.pool = self.pool.passive_health(passive);
         self
     }
 
     /// Active health checks of the route's upstreams (default none).
     pub fn active_health(mut self, active: ActiveHealth) -> Self {
-        self.pool.active = Some(active);
+        self.pool = self.pool.active_health(active);
         self
     }
 
     /// What the route does when none of its upstreams is usable (default
     /// [`WhenNoneHealthy::Open`]: use them all).
     pub fn when_none_healthy(mut self, when: WhenNoneHealthy) -> Self {
-        self.pool.when_none = when;
+        self.pool = self.pool.when_none_healthy(when);
         self
     }
 

@@ -28,7 +28,7 @@ use crate::upstream::{Pool, PoolBuilder, PoolError};
 
 /// Checks a route's settings, all in one place.
 pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<(), BuildError> {
-    if route.upstreams.is_empty() {
+    if route.pool.endpoints().is_empty() {
         return Err(BuildError::NoUpstreams(prefix.to_owned()));
     }
     if route.timeout.is_zero() {
@@ -64,20 +64,13 @@ pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<(), BuildError>
         .map_err(|error| pool_error(prefix, error))
 }
 
-/// The route's pool settings, before the observers and the carried state.
+/// The route's pool settings with its classifier, before the observers and the carried
+/// state.
 fn pool_settings<B>(route: &Route<B>) -> PoolBuilder {
-    let settings = &route.pool;
-    let mut pool = PoolBuilder::weighted(route.upstreams.iter().cloned())
-        .policy(settings.policy.clone())
-        .when_none_healthy(settings.when_none)
-        .shared_classifier(route.classifier.clone());
-    if let Some(passive) = &settings.passive {
-        pool = pool.passive_health(passive.clone());
-    }
-    if let Some(active) = &settings.active {
-        pool = pool.active_health(active.clone());
-    }
-    pool
+    route
+        .pool
+        .clone()
+        .shared_classifier(route.classifier.clone())
 }
 
 fn pool_error(prefix: &str, error: PoolError) -> BuildError {
@@ -103,7 +96,7 @@ pub(super) fn pool<B>(
     old: &Carried,
     carried: &mut Carried,
 ) -> Result<Pool, BuildError> {
-    let mut pool = observe.pool(pool_settings(route), &route.upstreams);
+    let mut pool = observe.pool(pool_settings(route));
     if let Some(old) = &old.pool {
         pool = pool.keep_state_of(old);
     }

@@ -331,12 +331,3 @@ impl Body for UpstreamBody {
         self.inner.size_hint()
     }
 }
-
-/// An upgraded connection's endpoint, counted in flight until the tunnel closes.
-pub(super) struct InFlight(pub(super) Picked);
-
-impl fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}

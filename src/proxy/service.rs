@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::{HeadArrived, InFlight, SentBody, UpstreamBody};
+use super::body::{HeadArrived, SentBody, UpstreamBody};
 use super::error::ProxyError;
 use super::forward::set_forwarding_headers;
 use super::upgrade;
@@ -507,7 +507,7 @@ impl Future for ResponseFuture {
                         let upstream = hyper::upgrade::on(&mut res);
                         // The endpoint counts the tunnel in flight until it closes.
                         let mut guards = guards;
-                        guards.push(Arc::new(InFlight(picked)));
+                        guards.push(Arc::new(picked));
                         tokio::spawn(upgrade::tunnel(client, upstream, guards));
                         return Poll::Ready(Ok(
                             res.map(|body| GatewayBody::stream(UpstreamBody::new(body, None)))

@@ -252,22 +252,21 @@ impl Endpoint {
             .min(max)
             .saturating_add(jitter);
         let until = self.nanos(crate::time::later(now, duration)).max(1);
-        let mut state = self.state.load(Ordering::Acquire);
-        loop {
-            let next = (until << UNTIL_SHIFT) | (state & UNHEALTHY);
-            match self
-                .state
-                .compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(now_state) => state = now_state,
-            }
-        }
+        self.set_keeping_unhealthy(until << UNTIL_SHIFT);
         self.failures.store(0, Ordering::Relaxed);
         Change::Ejected {
             ejections: record.ejections,
             duration,
         }
+    }
+
+    /// Replaces the state word with `state`, keeping the health check's verdict.
+    fn set_keeping_unhealthy(&self, state: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(state | (old & UNHEALTHY))
+            });
     }
 
     /// A failure that did not eject still ends the clean period the ejection count decays
@@ -302,15 +301,7 @@ impl Endpoint {
             if self.is_ejected(now) {
                 // A passing probe ends an ejection, on probation like any return: `/health`
                 // may pass while real requests still fail.
-                let mut state = self.state.load(Ordering::Acquire);
-                while let Err(current) = self.state.compare_exchange(
-                    state,
-                    (state & UNHEALTHY) | PROBATION,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    state = current;
-                }
+                self.set_keeping_unhealthy(PROBATION);
                 self.failures.store(0, Ordering::Relaxed);
                 record.clean_since = now;
                 record.since = now;

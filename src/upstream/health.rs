@@ -5,7 +5,6 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Request, StatusCode, Uri};
 use tokio::net::TcpStream;
@@ -14,6 +13,7 @@ use tokio::time::Instant;
 use super::endpoint::Endpoint;
 use super::pool::{Events, PoolEvent, PoolEventKind};
 use super::url::Upstream;
+use crate::body::GatewayBody;
 use crate::random::below;
 
 /// Outlier ejection: an endpoint whose attempts fail `consecutive_failures` times in a row
@@ -299,10 +299,11 @@ async fn exchange(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'
         .await
         .map_err(|_| "connect")?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, NoBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|_| "connect")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, GatewayBody>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|_| "connect")?;
     let conn = tokio::spawn(conn);
     let target = Uri::try_from(settings.path.as_str()).map_err(|_| "path")?;
     let uri = upstream.uri_for(&target).ok_or("path")?;
@@ -310,7 +311,9 @@ async fn exchange(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let mut req = Request::get(path).body(NoBody).map_err(|_| "path")?;
+    let mut req = Request::get(path)
+        .body(GatewayBody::empty())
+        .map_err(|_| "path")?;
     req.headers_mut().insert(HOST, upstream.host().clone());
     req.headers_mut().insert(
         USER_AGENT,
@@ -324,26 +327,6 @@ async fn exchange(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'
         Ok(())
     } else {
         Err("status")
-    }
-}
-
-/// An empty request body.
-#[derive(Clone, Copy, Debug, Default)]
-struct NoBody;
-
-impl http_body::Body for NoBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        true
     }
 }
 

@@ -128,6 +128,7 @@ impl Events {
 }
 
 /// Settings for a [`Pool`]; [`build`](Self::build) makes one.
+#[derive(Clone)]
 #[must_use]
 pub struct PoolBuilder {
     endpoints: Vec<(String, u32)>,
@@ -280,8 +281,18 @@ impl PoolBuilder {
         self
     }
 
+    /// The endpoints, `(url, weight)`, in their order.
+    pub fn endpoints(&self) -> &[(String, u32)] {
+        &self.endpoints
+    }
+
     /// Checks the settings as [`build`](Self::build) does, without building anything.
     pub fn check(&self) -> Result<(), PoolError> {
+        self.checked().map(drop)
+    }
+
+    /// Every check, and the endpoints' URLs, parsed (once).
+    fn checked(&self) -> Result<Vec<Upstream>, PoolError> {
         if self.endpoints.is_empty() {
             return Err(PoolError::Empty);
         }
@@ -306,6 +317,7 @@ impl PoolBuilder {
                 ));
             }
         }
+        let mut upstreams = Vec::with_capacity(self.endpoints.len());
         for (index, (url, weight)) in self.endpoints.iter().enumerate() {
             if !(1..=1000).contains(weight) {
                 return Err(PoolError::Weight {
@@ -321,44 +333,36 @@ impl PoolBuilder {
             {
                 return Err(PoolError::Duplicate { index });
             }
+            upstreams.push(upstream);
         }
-        Ok(())
+        Ok(upstreams)
     }
 
     /// Checks the settings and builds the pool. With active checks, the probes start at
     /// once when a Tokio runtime is running, else at the first request.
     pub fn build(self) -> Result<Pool, PoolError> {
-        self.check()?;
+        let upstreams = self.checked()?;
         let old: HashMap<&str, &Slot> = self
             .previous
             .iter()
             .flat_map(|pool| pool.inner.slots.iter())
             .map(|slot| (slot.upstream.url(), slot))
             .collect();
-        let mut made: HashMap<String, (Arc<Endpoint>, Option<Arc<Prober>>)> = HashMap::new();
-        let mut slots = Vec::with_capacity(self.endpoints.len());
-        for (index, (url, weight)) in self.endpoints.iter().enumerate() {
-            let upstream =
-                Upstream::parse(url).map_err(|source| PoolError::Url { index, source })?;
-            let (endpoint, prober) = made
-                .entry(upstream.url().to_owned())
-                .or_insert_with(|| {
-                    let kept = old.get(upstream.url());
-                    let endpoint = kept.map_or_else(
-                        || Arc::new(Endpoint::new()),
-                        |slot| Arc::clone(&slot.endpoint),
-                    );
-                    let prober = self
-                        .active
-                        .as_ref()
-                        .map(|settings| Arc::new(Prober::new(settings.clone())));
-                    if prober.is_none() && kept.is_some_and(|slot| slot.prober.is_some()) {
-                        // The checks are off now: their verdict no longer holds.
-                        endpoint.clear_probe_state();
-                    }
-                    (endpoint, prober)
-                })
-                .clone();
+        let mut slots = Vec::with_capacity(upstreams.len());
+        for (upstream, (_, weight)) in upstreams.into_iter().zip(&self.endpoints) {
+            let kept = old.get(upstream.url());
+            let endpoint = kept.map_or_else(
+                || Arc::new(Endpoint::new()),
+                |slot| Arc::clone(&slot.endpoint),
+            );
+            let prober = self
+                .active
+                .as_ref()
+                .map(|settings| Arc::new(Prober::new(settings.clone())));
+            if prober.is_none() && kept.is_some_and(|slot| slot.prober.is_some()) {
+                // The checks are off now: their verdict no longer holds.
+                endpoint.clear_probe_state();
+            }
             slots.push(Slot {
                 upstream,
                 weight: *weight,
