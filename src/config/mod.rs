@@ -246,9 +246,17 @@ impl Config {
                         format!("{route}.upstreams[{index}]"),
                         "is listed twice (give it a weight instead)",
                     ),
-                    PoolError::Active(message) => {
-                        ConfigError::invalid(format!("{route}.health.active"), message)
+                    PoolError::ProbePath(path) => ConfigError::invalid(
+                        format!("{route}.health.active.path"),
+                        format_args!("{path:?} must be a path starting with '/'"),
+                    ),
+                    PoolError::ProbeZero(field) => {
+                        ConfigError::zero(format!("{route}.health.active.{field}"))
                     }
+                    PoolError::EjectionBounds => ConfigError::invalid(
+                        format!("{route}.health.passive.max_ejection"),
+                        "is less than base_ejection",
+                    ),
                     source => ConfigError::invalid(format!("{route}.health"), source),
                 }
             }

@@ -454,6 +454,8 @@ impl RouteConfig {
                     format_args!("{} is more than 100", passive.max_ejected_percent),
                 ));
             }
+            // Checked here too, not only by the builder: a section with `enabled = false`
+            // never reaches it, and the file's keys are checked all the same.
             if passive.max_ejection < passive.base_ejection {
                 return Err(ConfigError::invalid(
                     format!("{key}.max_ejection"),
@@ -469,21 +471,15 @@ impl RouteConfig {
             }));
         }
         if let Some(active) = &health.active {
+            // The thresholds are the file's rule (the library takes a zero as one); the path,
+            // interval and timeout the builder checks, and `locate` names the key.
             let key = format!("{key}.health.active");
             let zero = [
-                ("interval", active.interval.is_zero()),
-                ("timeout", active.timeout.is_zero()),
                 ("healthy_threshold", active.healthy_threshold == 0),
                 ("unhealthy_threshold", active.unhealthy_threshold == 0),
             ];
             if let Some(field) = first_set(&zero) {
                 return Err(ConfigError::zero(format!("{key}.{field}")));
-            }
-            if !active.path.starts_with('/') || active.path.parse::<http::Uri>().is_err() {
-                return Err(ConfigError::invalid(
-                    format!("{key}.path"),
-                    format_args!("{:?} must be a path starting with '/'", active.path),
-                ));
             }
             route = route.active_health(
                 ActiveHealth::new(active.path.clone())

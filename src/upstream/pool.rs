@@ -176,18 +176,21 @@ pub enum PoolError {
         /// The weight.
         weight: u32,
     },
-    /// An active check's path that does not start with `/`, or a zero interval or timeout.
-    #[error("active health check: {0}")]
-    Active(&'static str),
+    /// An active check's path that is not a path starting with `/`.
+    #[error("active health check: the path must be a path starting with '/'")]
+    ProbePath(String),
+    /// An active check's interval or timeout (the field named) is zero.
+    #[error("active health check: the interval and timeout must be greater than zero")]
+    ProbeZero(&'static str),
     /// An endpoint listed twice (give it a weight instead).
     #[error("endpoint {index} is listed twice")]
     Duplicate {
         /// Which endpoint, from 0: the second listing.
         index: usize,
     },
-    /// Passive health settings that cannot work.
-    #[error("passive health: {0}")]
-    Passive(&'static str),
+    /// Ejections whose cap is shorter than the first one.
+    #[error("passive health: max_ejection must not be less than base_ejection")]
+    EjectionBounds,
 }
 
 impl PoolBuilder {
@@ -300,21 +303,18 @@ impl PoolBuilder {
             if !active.path.starts_with('/')
                 || http::uri::PathAndQuery::try_from(active.path.as_str()).is_err()
             {
-                return Err(PoolError::Active(
-                    "the path must be a path starting with '/'",
-                ));
+                return Err(PoolError::ProbePath(active.path.clone()));
             }
-            if active.interval.is_zero() || active.timeout.is_zero() {
-                return Err(PoolError::Active(
-                    "the interval and timeout must be greater than zero",
-                ));
+            if active.interval.is_zero() {
+                return Err(PoolError::ProbeZero("interval"));
+            }
+            if active.timeout.is_zero() {
+                return Err(PoolError::ProbeZero("timeout"));
             }
         }
         if let Some(passive) = &self.passive {
             if passive.max_ejection < passive.base_ejection {
-                return Err(PoolError::Passive(
-                    "max_ejection must not be less than base_ejection",
-                ));
+                return Err(PoolError::EjectionBounds);
             }
         }
         let mut upstreams = Vec::with_capacity(self.endpoints.len());
