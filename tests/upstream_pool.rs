@@ -53,6 +53,15 @@ impl Backend {
         Self::start_slow(id, ledger, Duration::ZERO).await
     }
 
+    /// `count` backends, with the ids 0 to `count - 1`.
+    async fn start_all(count: usize, ledger: &Arc<Ledger>) -> Vec<Arc<Self>> {
+        let mut backends = Vec::with_capacity(count);
+        for id in 0..count {
+            backends.push(Self::start(id, ledger).await);
+        }
+        backends
+    }
+
     async fn start_slow(id: usize, ledger: &Arc<Ledger>, delay: Duration) -> Arc<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Arc::new(Self {
@@ -175,11 +184,7 @@ fn state_of(gateway: &Gateway, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_endpoint_is_ejected_keeps_the_breaker_closed_and_comes_back() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-        Backend::start(2, &ledger).await,
-    ];
+    let backends = Backend::start_all(3, &ledger).await;
     let threshold = 3;
     let gateway = Gateway::builder()
         .route(
@@ -246,10 +251,7 @@ async fn a_killed_endpoint_is_ejected_keeps_the_breaker_closed_and_comes_back() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failure_on_probation_ejects_again_for_longer() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-    ];
+    let backends = Backend::start_all(2, &ledger).await;
     let gateway = Gateway::builder()
         .route(
             "/api",
@@ -408,11 +410,7 @@ async fn least_in_flight_sends_little_to_a_slow_endpoint_round_robin_a_third() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_follows_the_weights_without_bursts() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-        Backend::start(2, &ledger).await,
-    ];
+    let backends = Backend::start_all(3, &ledger).await;
     let gateway = Gateway::builder()
         .route(
             "/api",
@@ -486,10 +484,7 @@ async fn placement(addr: SocketAddr, keys: usize) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_keeps_each_key_on_one_endpoint_and_moves_only_the_keys_of_one_that_leaves() {
     let ledger = Arc::new(Ledger::default());
-    let mut backends = Vec::new();
-    for id in 0..5 {
-        backends.push(Backend::start(id, &ledger).await);
-    }
+    let backends = Backend::start_all(5, &ledger).await;
     let route = |backends: &[Arc<Backend>]| {
         Route::to(backends.iter().map(|b| b.url())).balance(Policy::Hash(HashKey::Header(
             http::HeaderName::from_static("x-user-id"),
@@ -540,10 +535,7 @@ async fn hash_keeps_each_key_on_one_endpoint_and_moves_only_the_keys_of_one_that
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_sends_the_keys_of_an_ejected_endpoint_to_the_next_and_back_when_it_returns() {
     let ledger = Arc::new(Ledger::default());
-    let mut backends = Vec::new();
-    for id in 0..5 {
-        backends.push(Backend::start(id, &ledger).await);
-    }
+    let backends = Backend::start_all(5, &ledger).await;
     // A long ejection that only a passing probe ends, so no timing decides the test: the
     // probes of backend 2 fail (without ever making it unhealthy) until it is let back.
     backends[2].health.store(500, Ordering::SeqCst);
@@ -609,10 +601,7 @@ async fn hash_sends_the_keys_of_an_ejected_endpoint_to_the_next_and_back_when_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_endpoint_down_open_uses_them_all_and_closed_answers_503() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-    ];
+    let backends = Backend::start_all(2, &ledger).await;
     for backend in &backends {
         backend.health.store(500, Ordering::SeqCst);
     }
@@ -676,11 +665,7 @@ async fn with_every_endpoint_down_open_uses_them_all_and_closed_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_goes_to_another_endpoint() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-        Backend::start(2, &ledger).await,
-    ];
+    let backends = Backend::start_all(3, &ledger).await;
     backends[0].status.store(500, Ordering::SeqCst);
     // Hashing sends the key to the same endpoint every time: only the retry's choice of
     // another one can save the request.
@@ -719,10 +704,7 @@ async fn a_retry_goes_to_another_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_an_ejection() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-    ];
+    let backends = Backend::start_all(2, &ledger).await;
     let route = || {
         Route::to(backends.iter().map(|b| b.url())).passive_health(
             PassiveHealth::new()
@@ -757,10 +739,7 @@ async fn a_reload_keeps_an_ejection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_fault_never_ejects_an_endpoint() {
     let ledger = Arc::new(Ledger::default());
-    let backends = [
-        Backend::start(0, &ledger).await,
-        Backend::start(1, &ledger).await,
-    ];
+    let backends = Backend::start_all(2, &ledger).await;
     let gateway = Gateway::builder()
         .route(
             "/api",
