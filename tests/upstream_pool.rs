@@ -746,6 +746,7 @@ async fn a_client_fault_never_ejects_an_endpoint() {
             Route::to(backends.iter().map(|b| b.url()))
                 .passive_health(PassiveHealth::new().consecutive_failures(1)),
         )
+        .request_body_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     let addr = serve(gateway.clone()).await;
@@ -773,6 +774,34 @@ async fn a_client_fault_never_ejects_an_endpoint() {
         .await;
         assert_eq!(res.status, 400);
     }
+    // Bodies that stall (408) and bodies whose client resets mid-upload (499, read by nobody).
+    for _ in 0..3 {
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stalled
+            .write_all(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
+            .await
+            .unwrap();
+        let head = common::read_head(&mut stalled).await;
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        let mut reset = tokio::net::TcpStream::connect(addr).await.unwrap();
+        reset
+            .write_all(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A zero linger never blocks: the close sends a reset at once.
+        #[allow(deprecated)]
+        reset.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(reset);
+    }
+    eventually(
+        || {
+            let (_, pool) = gateway.pools().next().unwrap();
+            pool.status().endpoints.iter().all(|e| e.in_flight == 0)
+        },
+        "every attempt has ended",
+    )
+    .await;
     for backend in &backends {
         assert_eq!(state_of(&gateway, &backend.url()), "healthy");
     }

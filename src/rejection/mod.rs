@@ -773,6 +773,55 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_says_whose_fault_it_is() {
+        use RejectionKind::*;
+        let client = [
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            RateLimited,
+            RequestHeaderFieldsTooLarge,
+            ClientClosedRequest,
+            Other(StatusCode::UNPROCESSABLE_ENTITY),
+        ];
+        let upstream = [BadGateway, GatewayTimeout, NoHealthyUpstream];
+        let gateway = [
+            ConcurrencyLimited,
+            CircuitOpen,
+            ServiceUnavailable,
+            Other(StatusCode::INSUFFICIENT_STORAGE),
+        ];
+        for (kinds, fault) in [
+            (&client[..], Fault::Client),
+            (&upstream[..], Fault::Upstream),
+            (&gateway[..], Fault::Gateway),
+        ] {
+            for kind in kinds {
+                assert_eq!(kind.fault(), fault, "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn blame_is_seen_only_inside_its_scope() {
+        struct Seen(std::rc::Rc<std::cell::Cell<Option<Fault>>>);
+        impl Drop for Seen {
+            fn drop(&mut self) {
+                self.0.set(Fault::of_cancellation());
+            }
+        }
+        let seen = std::rc::Rc::new(std::cell::Cell::new(None));
+        let value = Seen(std::rc::Rc::clone(&seen));
+        Fault::Upstream.blame(|| drop(value));
+        assert_eq!(seen.get(), Some(Fault::Upstream));
+        drop(Seen(std::rc::Rc::clone(&seen)));
+        assert_eq!(seen.get(), None, "a plain drop says nothing");
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_at_least_one_second() {
         for (wait, expected) in [
             (Duration::ZERO, "1"),
