@@ -10,6 +10,12 @@
 //!   ([`anonymous`](ApiKeyAuthLayer::anonymous) prefixes, matched on a segment boundary);
 //! - answers `403` when a [required scope](ApiKeyAuthLayer::require_scope) is not granted.
 //!
+//! With [`client_certificates`](ApiKeyAuthLayer::client_certificates) on, a request that
+//! sends no key but came over a TLS connection whose client certificate the server verified
+//! (a [`TlsInfo`] with a
+//! [`client_name`](crate::extensions::TlsInfo::client_name)) is authenticated by that
+//! certificate: its identity is the certificate's common name.
+//!
 //! The built-in store, [`KeySet`], holds only the SHA-256 digests of its keys: a memory dump
 //! or a `Debug` print shows no key. A presented key is hashed, looked up by its digest (which
 //! an attacker cannot steer) and confirmed with a constant-time comparison of the digests.
@@ -71,7 +77,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::extensions::Identity;
+use crate::extensions::{Identity, TlsInfo};
 use crate::rejection::{ProblemJson, Rejection, RejectionKind, RenderRejection};
 
 /// The default key header: `x-api-key`.
@@ -200,6 +206,7 @@ struct Settings<K> {
     challenge: HeaderValue,
     anonymous: Vec<Box<str>>,
     scope: Option<Box<str>>,
+    client_certificates: bool,
 }
 
 impl<K> Clone for Settings<K> {
@@ -210,6 +217,7 @@ impl<K> Clone for Settings<K> {
             challenge: self.challenge.clone(),
             anonymous: self.anonymous.clone(),
             scope: self.scope.clone(),
+            client_certificates: self.client_certificates,
         }
     }
 }
@@ -249,6 +257,7 @@ impl<K> ApiKeyAuthLayer<K> {
                 challenge: challenge(&X_API_KEY),
                 anonymous: Vec::new(),
                 scope: None,
+                client_certificates: false,
             }),
             render: ProblemJson,
         }
@@ -280,6 +289,16 @@ impl<K, R> ApiKeyAuthLayer<K, R> {
     /// Answers `403` to keys whose identity lacks `scope`.
     pub fn require_scope(mut self, scope: impl Into<Box<str>>) -> Self {
         self.settings_mut().scope = Some(scope.into());
+        self
+    }
+
+    /// Whether a verified client certificate authenticates a request that sends no key
+    /// (default `false`): see the [module docs](self). The identity is the
+    /// [`Identity`] already in the request (what the [`Server`](crate::server::Server) made
+    /// of the certificate), else one named by the certificate's common name. A key that is
+    /// sent is checked all the same, and a wrong one is refused.
+    pub fn client_certificates(mut self, accept: bool) -> Self {
+        self.settings_mut().client_certificates = accept;
         self
     }
 
@@ -377,6 +396,7 @@ where
             .headers_mut()
             .remove(&settings.header)
             .filter(|key| !key.is_empty());
+        let key_sent = key.is_some();
         let identity = match key.map(|key| settings.store.lookup(&key)) {
             None => None,
             Some(Lookup::Ready(identity)) => identity,
@@ -398,7 +418,14 @@ where
                 };
             }
         };
-        let state = admit(&mut self.inner, settings, &mut self.render, identity, req);
+        let state = admit(
+            &mut self.inner,
+            settings,
+            &mut self.render,
+            identity,
+            key_sent,
+            req,
+        );
         ResponseFuture { state }
     }
 }
@@ -409,6 +436,7 @@ fn admit<S, K, R, ReqB, ResB>(
     settings: &Settings<K>,
     render: &mut R,
     identity: Option<Identity>,
+    key_sent: bool,
     mut req: Request<ReqB>,
 ) -> State<S, K, R, ReqB, ResB>
 where
@@ -416,7 +444,7 @@ where
     K: KeyStore,
     R: RenderRejection<ResB>,
 {
-    match decide(settings, identity, &req) {
+    match decide(settings, identity, key_sent, &req) {
         Verdict::Admit(identity) => {
             if let Some(identity) = identity {
                 req.extensions_mut().insert(identity);
@@ -498,7 +526,7 @@ where
                         settings,
                         mut render,
                     } = pending.take().expect("polled after completion");
-                    admit(&mut inner, &settings, &mut render, identity, req)
+                    admit(&mut inner, &settings, &mut render, identity, true, req)
                 }
                 StateProj::Forward { fut } => return fut.poll(cx),
                 StateProj::Answer { res } => {
@@ -518,7 +546,12 @@ enum Verdict {
     Refuse(Rejection),
 }
 
-fn decide<K, B>(settings: &Settings<K>, identity: Option<Identity>, req: &Request<B>) -> Verdict {
+fn decide<K, B>(
+    settings: &Settings<K>,
+    identity: Option<Identity>,
+    key_sent: bool,
+    req: &Request<B>,
+) -> Verdict {
     match identity {
         Some(identity) => match &settings.scope {
             Some(scope) if !identity.has_scope(scope) => Verdict::Refuse(
@@ -527,16 +560,39 @@ fn decide<K, B>(settings: &Settings<K>, identity: Option<Identity>, req: &Reques
             ),
             _ => Verdict::Admit(Some(identity)),
         },
+        None if settings.client_certificates && !key_sent => {
+            match certificate_identity(req.extensions()) {
+                Some(identity) => decide(settings, Some(identity), true, req),
+                None if settings.is_anonymous(req.uri().path()) => Verdict::Admit(None),
+                None => refuse(settings),
+            }
+        }
         None if settings.is_anonymous(req.uri().path()) => Verdict::Admit(None),
-        None => Verdict::Refuse(
-            Rejection::new(RejectionKind::Unauthorized)
-                .with_detail(format!(
-                    "a valid API key is required in the {} header",
-                    settings.header
-                ))
-                .with_header(WWW_AUTHENTICATE, settings.challenge.clone()),
-        ),
+        None => refuse(settings),
     }
+}
+
+fn refuse<K>(settings: &Settings<K>) -> Verdict {
+    Verdict::Refuse(
+        Rejection::new(RejectionKind::Unauthorized)
+            .with_detail(format!(
+                "a valid API key is required in the {} header",
+                settings.header
+            ))
+            .with_header(WWW_AUTHENTICATE, settings.challenge.clone()),
+    )
+}
+
+/// The identity a verified client certificate gives: the one already in the request, else
+/// its common name.
+fn certificate_identity(extensions: &http::Extensions) -> Option<Identity> {
+    let name = extensions.get::<TlsInfo>()?.client_name()?;
+    Some(
+        extensions
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or_else(|| Identity::new(name)),
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Typed request extensions that several layers read: [`CorrelationId`], [`PeerAddr`] and
-//! [`Identity`]; [`HandBack`], through which the service at the end of a stack gives a
+//! Typed request extensions that several layers read: [`CorrelationId`], [`PeerAddr`],
+//! [`TlsInfo`] and [`Identity`]; [`HandBack`], through which the service at the end of a stack gives a
 //! retry the request it consumed; and [`RequestHead`], the borrowed view of a request that
 //! key extractors and balancers read.
 //!
@@ -124,6 +124,112 @@ impl PeerAddr {
             return Some(Self(*peer));
         }
         None
+    }
+}
+
+/// The TLS session a request came over, as the [`Server`](crate::server::Server) puts it in
+/// every request of a TLS connection (your own accept loop can too): the server name the
+/// client asked for (SNI), the protocol ALPN chose, and the client's certificate when the
+/// listener asks for one and it was verified.
+///
+/// The proxy sets `X-Forwarded-Proto: https` for a request that carries one; the API-key
+/// layer can [accept a verified certificate](crate::api_key::ApiKeyAuthLayer::client_certificates)
+/// in place of a key. Its absence means plaintext. Cloning is a reference-count bump.
+///
+/// ```
+/// use tower_gateway::extensions::TlsInfo;
+///
+/// let tls = TlsInfo::new("TLSv1.3").with_server_name("api.example.com");
+/// assert_eq!(tls.server_name(), Some("api.example.com"));
+/// assert!(tls.client_name().is_none());
+/// ```
+#[derive(Clone)]
+pub struct TlsInfo(Arc<TlsInfoInner>);
+
+#[derive(Clone)]
+struct TlsInfoInner {
+    version: &'static str,
+    server_name: Option<Box<str>>,
+    alpn: Option<Box<[u8]>>,
+    client_chain: Box<[bytes::Bytes]>,
+    client_name: Option<Box<str>>,
+}
+
+impl TlsInfo {
+    /// A session of protocol `version` (`"TLSv1.2"`, `"TLSv1.3"`), with no SNI, no ALPN and no
+    /// client certificate.
+    pub fn new(version: &'static str) -> Self {
+        Self(Arc::new(TlsInfoInner {
+            version,
+            server_name: None,
+            alpn: None,
+            client_chain: Box::new([]),
+            client_name: None,
+        }))
+    }
+
+    /// The server name the client sent (SNI).
+    pub fn with_server_name(mut self, name: impl Into<Box<str>>) -> Self {
+        Arc::make_mut(&mut self.0).server_name = Some(name.into());
+        self
+    }
+
+    /// The protocol ALPN chose (`b"h2"`, `b"http/1.1"`).
+    pub fn with_alpn(mut self, protocol: impl Into<Box<[u8]>>) -> Self {
+        Arc::make_mut(&mut self.0).alpn = Some(protocol.into());
+        self
+    }
+
+    /// The client's certificate chain (DER, end entity first), verified by the listener, and
+    /// the name it stands for (its subject's common name).
+    pub fn with_client_certificate(
+        mut self,
+        chain: impl Into<Box<[bytes::Bytes]>>,
+        name: Option<Box<str>>,
+    ) -> Self {
+        let inner = Arc::make_mut(&mut self.0);
+        inner.client_chain = chain.into();
+        inner.client_name = name;
+        self
+    }
+
+    /// The protocol version: `"TLSv1.2"` or `"TLSv1.3"`.
+    pub fn version(&self) -> &'static str {
+        self.0.version
+    }
+
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.0.server_name.as_deref()
+    }
+
+    /// The protocol ALPN chose, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.0.alpn.as_deref()
+    }
+
+    /// The client's verified certificate chain, DER-encoded, end entity first; empty when the
+    /// listener does not ask for client certificates.
+    pub fn client_certificates(&self) -> &[bytes::Bytes] {
+        &self.0.client_chain
+    }
+
+    /// The subject common name of the client's verified certificate: the identity the
+    /// listener gives the request when it carries no other credential.
+    pub fn client_name(&self) -> Option<&str> {
+        self.0.client_name.as_deref()
+    }
+}
+
+impl fmt::Debug for TlsInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsInfo")
+            .field("version", &self.0.version)
+            .field("server_name", &self.0.server_name)
+            .field("alpn", &self.0.alpn.as_deref().map(String::from_utf8_lossy))
+            .field("client_certificates", &self.0.client_chain.len())
+            .field("client_name", &self.0.client_name)
+            .finish()
     }
 }
 

@@ -3,7 +3,9 @@
 //! # The rule
 //! In both directions [`HopByHopLayer`] removes
 //! - `Connection`, `Keep-Alive`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-//!   `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-Connection`;
+//!   `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-Connection`, except that a
+//!   request's `TE` that lists `trailers` becomes `TE: trailers` (the one value HTTP/2
+//!   allows, and what gRPC needs end to end);
 //! - every header named in any `Connection` value (all values, every comma-separated token,
 //!   any case), except the *protected* names, which a client may not strip this way:
 //!   by default `x-correlation-id`, which the outer correlation layer has already set (the
@@ -96,6 +98,7 @@ const CONNECTION: usize = 0;
 const UPGRADE: usize = 7;
 const CONNECTION_BIT: u16 = 1 << CONNECTION;
 const UPGRADE_BIT: u16 = 1 << UPGRADE;
+const TE_BIT: u16 = 1 << 4;
 
 #[inline]
 fn fixed_index(name: &str) -> Option<usize> {
@@ -147,8 +150,14 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 }
 
 /// Strips `headers` by the module's rule. With `allow_upgrade`, a WebSocket upgrade keeps
-/// `Upgrade` and `Connection: upgrade`; returns whether it did.
-fn strip(headers: &mut HeaderMap, allow_upgrade: bool, protected: &[HeaderName]) -> bool {
+/// `Upgrade` and `Connection: upgrade`; returns whether it did. With `te_trailers` (a
+/// request), a `TE` that lists `trailers` leaves `TE: trailers` behind.
+fn strip(
+    headers: &mut HeaderMap,
+    allow_upgrade: bool,
+    te_trailers: bool,
+    protected: &[HeaderName],
+) -> bool {
     // Names nominated by `Connection` that are not fixed hop-by-hop names. Rare: a `Vec`
     // allocates only when one is pushed.
     let mut nominated: Vec<HeaderName> = Vec::new();
@@ -191,6 +200,14 @@ fn strip(headers: &mut HeaderMap, allow_upgrade: bool, protected: &[HeaderName])
     if websocket {
         present &= !(CONNECTION_BIT | UPGRADE_BIT);
     }
+    // gRPC needs `TE: trailers` end to end (RFC 9113 §8.2.2 allows it, and only it, over
+    // HTTP/2): the one value kept, whatever else the client listed with it.
+    let trailers = te_trailers
+        && present & TE_BIT != 0
+        && tokens(headers, &header::TE).any(|coding| {
+            let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        });
     while present != 0 {
         let i = present.trailing_zeros() as usize;
         present &= present - 1;
@@ -203,6 +220,9 @@ fn strip(headers: &mut HeaderMap, allow_upgrade: bool, protected: &[HeaderName])
     }
     if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     websocket
 }
@@ -286,7 +306,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let websocket = strip(req.headers_mut(), true, &self.protected);
+        let websocket = strip(req.headers_mut(), true, true, &self.protected);
         ResponseFuture {
             inner: self.inner.call(req),
             websocket,
@@ -324,7 +344,7 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         let switching = *this.websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        strip(response.headers_mut(), switching, this.protected);
+        strip(response.headers_mut(), switching, false, this.protected);
         Poll::Ready(Ok(response))
     }
 }
@@ -358,7 +378,7 @@ mod tests {
         ("keep-alive", "timeout=5"),
         ("proxy-authenticate", "Basic"),
         ("proxy-authorization", "Basic Zm9v"),
-        ("te", "trailers"),
+        ("te", "gzip, deflate;q=0.5"),
         ("trailer", "x-checksum"),
         ("transfer-encoding", "chunked"),
         ("upgrade", "h2c"),
@@ -392,8 +412,32 @@ mod tests {
     #[test]
     fn removes_every_fixed_name_and_keeps_end_to_end_headers() {
         let mut headers = map(ALL_FIXED);
-        assert!(!strip(&mut headers, true, &[]));
+        assert!(!strip(&mut headers, true, true, &[]));
         assert_eq!(names(&headers), ["accept", "authorization"]);
+    }
+
+    #[test]
+    fn a_request_te_listing_trailers_forwards_just_trailers_and_a_response_none() {
+        for (te, kept) in [
+            ("trailers", true),
+            ("gzip, Trailers", true),
+            ("deflate;q=0.5,trailers;q=1", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let mut headers = map(&[("te", te), ("connection", "TE"), ("accept", "*/*")]);
+            strip(&mut headers, true, true, &[]);
+            let want = kept.then_some("trailers");
+            assert_eq!(
+                headers.get("te").map(|v| v.to_str().unwrap()),
+                want,
+                "TE: {te}"
+            );
+            assert!(headers.get("connection").is_none());
+            let mut headers = map(&[("te", te)]);
+            strip(&mut headers, false, false, &[]);
+            assert!(headers.get("te").is_none(), "a response keeps no TE: {te}");
+        }
     }
 
     #[test]
@@ -407,7 +451,7 @@ mod tests {
             ("x-three", "3"),
             ("x-four", "4"),
         ]);
-        strip(&mut headers, true, &[]);
+        strip(&mut headers, true, true, &[]);
         assert_eq!(names(&headers), ["x-four"]);
     }
 
@@ -422,7 +466,7 @@ mod tests {
         let protected = HopByHopLayer::new()
             .protect(HeaderName::from_static("x-forwarded-for"))
             .protected;
-        strip(&mut headers, true, &protected);
+        strip(&mut headers, true, true, &protected);
         assert_eq!(names(&headers), ["x-correlation-id", "x-forwarded-for"]);
     }
 
@@ -434,14 +478,14 @@ mod tests {
         pairs.push(("connection", &connection));
         pairs.push(("x-kept", "v"));
         let mut headers = map(&pairs);
-        strip(&mut headers, true, &[]);
+        strip(&mut headers, true, true, &[]);
         assert_eq!(names(&headers), ["x-kept"]);
     }
 
     #[test]
     fn junk_connection_tokens_are_ignored() {
         let mut headers = map(&[("connection", "close, bad name, (x), ,"), ("accept", "a")]);
-        strip(&mut headers, true, &[]);
+        strip(&mut headers, true, true, &[]);
         assert_eq!(names(&headers), ["accept"]);
     }
 
@@ -454,7 +498,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ]);
-        assert!(strip(&mut headers, true, &[]));
+        assert!(strip(&mut headers, true, true, &[]));
         assert_eq!(
             names(&headers),
             ["connection", "sec-websocket-key", "upgrade"]
@@ -474,7 +518,7 @@ mod tests {
             ),
         ] {
             let mut headers = map(pairs);
-            assert!(!strip(&mut headers, allow, &[]));
+            assert!(!strip(&mut headers, allow, true, &[]));
             assert!(headers.is_empty(), "{pairs:?} left {headers:?}");
         }
     }

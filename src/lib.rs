@@ -17,17 +17,19 @@
 //! | [`retry`] | [`RetryLayer`](retry::RetryLayer): safe methods retried on 5xx, timeouts and unreachable upstreams, jittered backoff, `Retry-After`, a lock-free retry budget, small bodies replayed |
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer): `504` when the response head is late; the body is never cut |
 //! | [`route`] | [`Router`](route::Router): longest path prefix on segment boundaries, prefix stripping, `404`, `400` for `..` |
-//! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams, round-robin, `X-Forwarded-*`, WebSocket tunnels, `502` |
+//! | [`proxy`] | [`ProxyService`](proxy::ProxyService): streams to pooled keep-alive upstreams (`http://`, `https://` with HTTP/2 by ALPN, `h2c://`), `X-Forwarded-*`, WebSocket tunnels, gRPC with its trailers, `502` |
+//! | [`upstream`] | [`Pool`](upstream::Pool): a route's endpoints, load balancing, passive ejection, active health checks |
 //! | [`builder`] | [`Gateway`](builder::Gateway): routes and layers composed in the contract's order, one `Clone` service |
 //! | [`trace`] | [`RequestSpanLayer`](trace::RequestSpanLayer): a tracing span per request (correlation ID, method, path, route, status, latency) and one access-log event per answer |
 //! | [`reload`] | [`reloadable`](reload::reloadable): a service whose inner service is swapped atomically while it serves (hot reload) |
-//! | [`server`] | [`Server`](server::Server): a hardened HTTP/1.1 server with graceful shutdown |
+//! | [`server`] | [`Server`](server::Server): a hardened HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN over TLS) server with graceful shutdown |
+//! | [`tls`] | [`ServerTls`](tls::ServerTls): certificates by SNI, hot reload, client certificates (mTLS); [`UpstreamTls`](tls::UpstreamTls) for `https://` upstreams (feature `tls`, rustls with aws-lc-rs) |
 //! | [`config`] | [`Config`](config::Config): a gateway from a TOML file (the example gateway's format) |
 //! | [`rejection`] | the rejection model; [`RerenderLayer`](rejection::RerenderLayer) re-renders every rejection of a stack your way |
 //! | [`body`] | [`GatewayBody`](body::GatewayBody): a streamed body or a gateway answer |
 //! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) and the gateway's metric names: requests, latency, rejections, retries, bulkhead and breaker state through the `metrics` facade (feature `metrics`) |
 //! | [`classify`] | [`FailureClassifier`](classify::FailureClassifier): which answers count as upstream failures (shared by the circuit breaker and retry) |
-//! | [`extensions`] | [`CorrelationId`](extensions::CorrelationId) and [`PeerAddr`](extensions::PeerAddr): typed request extensions the layers share |
+//! | [`extensions`] | [`CorrelationId`](extensions::CorrelationId), [`PeerAddr`](extensions::PeerAddr), [`TlsInfo`](extensions::TlsInfo) and [`Identity`](extensions::Identity): typed request extensions the layers share |
 //! | [`forwarded`] | [`TrustedProxies`](forwarded::TrustedProxies) and [`client_ip`](forwarded::client_ip): who the client is behind proxies |
 //!
 //! The bundled example gateway runs all of it from a TOML file:
@@ -63,7 +65,7 @@
 //! # Features
 //! One cargo feature per concern (`correlation-id`, `hop-by-hop`, `timeout`, `api-key`,
 //! `rate-limit`, `bulkhead`, `circuit-breaker`, `retry`), one per piece around them
-//! (`proxy`, `router`, `server`, `trace`, `reload`, `metrics`, `redis`), `axum` for axum's
+//! (`proxy`, `router`, `server`, `trace`, `reload`, `metrics`, `redis`, `tls`), `axum` for axum's
 //! `ConnectInfo` and `OriginalUri`, `gateway` for the [`builder`] (every concern, `proxy`,
 //! `router`, `server`, `trace` and `reload`), `config` for the TOML format (with
 //! `gateway`), and `full` (the default) for everything. Each builds alone. The
@@ -115,6 +117,9 @@ pub mod route;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod upstream;

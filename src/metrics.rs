@@ -18,7 +18,8 @@
 //! | `gateway_upstream_in_flight` | gauge | `route`, `endpoint` | the pool's `on_event` hook: requests in flight to the endpoint, until their response bodies end |
 //! | `gateway_upstream_endpoint_state` | gauge | `route`, `endpoint` | the pool's `on_event` hook ([`endpoint_state_value`]): 0 healthy, 1 ejected, 2 unhealthy |
 //! | `gateway_upstream_ejections_total` | counter | `route`, `endpoint` | the pool's `on_event` hook: outlier ejections |
-//! | `gateway_upstream_probes_total` | counter | `route`, `endpoint`, `result` | the pool's `on_event` hook: active probes, `result` `pass` or why it failed (`connect`, `timeout`, `status`, `exchange`) |
+//! | `gateway_upstream_probes_total` | counter | `route`, `endpoint`, `result` | the pool's `on_event` hook: active probes, `result` `pass` or why it failed (`connect`, `timeout`, `tls`, `status`, `exchange`) |
+//! | `gateway_tls_certificate_expiry_timestamp_seconds` | gauge | `certificate` | [`record_tls_certificates`] from the listener's `on_load` hook (feature `tls`): when each served certificate expires, in Unix seconds, by its file |
 //!
 //! - `method` is the request method for the nine standard ones, else `other`; `status` is the
 //!   response status code, or `499` for a request whose client went away before its answer.
@@ -95,6 +96,30 @@ pub const UPSTREAM_EJECTIONS_TOTAL: &str = "gateway_upstream_ejections_total";
 /// `gateway_upstream_probes_total{route, endpoint, result}`: active health probes, `result`
 /// `pass`, `connect`, `timeout`, `status` or `exchange`.
 pub const UPSTREAM_PROBES_TOTAL: &str = "gateway_upstream_probes_total";
+
+/// `gateway_tls_certificate_expiry_timestamp_seconds{certificate}`: when each certificate the
+/// listener serves expires (Unix seconds), by its file.
+#[cfg(feature = "tls")]
+pub const TLS_CERTIFICATE_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seconds";
+
+/// Records when each of `certificates` expires, as
+/// [`TLS_CERTIFICATE_EXPIRY`]: the adapter for
+/// [`ServerTlsBuilder::on_load`](crate::tls::ServerTlsBuilder::on_load).
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub fn record_tls_certificates(certificates: &[crate::tls::CertificateInfo]) {
+    for certificate in certificates {
+        let expiry = certificate
+            .not_after
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        ::metrics::gauge!(
+            TLS_CERTIFICATE_EXPIRY,
+            "certificate" => certificate.path.display().to_string()
+        )
+        .set(expiry);
+    }
+}
 
 /// The status recorded for a request whose client went away before its answer (nginx's
 /// "client closed request").

@@ -1,6 +1,12 @@
 //! The example gateway binary end to end (CONTRACT.md §1): bad configs, proxying, graceful
 //! shutdown on SIGTERM, and the embedded default with its demo upstreams.
-#![cfg(all(unix, feature = "proxy", feature = "config", feature = "metrics"))]
+#![cfg(all(
+    unix,
+    feature = "proxy",
+    feature = "config",
+    feature = "metrics",
+    feature = "tls"
+))]
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,7 +42,7 @@ fn binary() -> &'static Path {
                 "--example",
                 "gateway",
                 "--features",
-                "proxy,config,metrics",
+                "proxy,config,metrics,tls",
             ])
             .current_dir(manifest)
             .output()
@@ -820,4 +826,168 @@ fn the_admin_view_shows_the_pools_and_a_reload_keeps_an_ejection() {
     }
     gateway.terminate();
     assert!(gateway.wait().success());
+}
+
+/// Runs curl with `args`; its stdout (the `-w` output) and whether it succeeded. curl is part
+/// of what the tests need (`.ci/run` installs it): a missing curl fails the test.
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "10", "-o", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("curl is installed (the TLS and HTTP/2 tests use it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The DNS names of the certificate the listener at `addr` serves to `localhost`.
+fn served_names(addr: SocketAddr, pki: &common::tls::Pki) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = common::tls::client_config(pki, None, &[b"http/1.1"]);
+        let stream = common::tls::tls_connect(addr, "localhost", config)
+            .await
+            .unwrap();
+        common::tls::presented_names(&stream)
+    })
+}
+
+#[test]
+fn https_with_curl_over_http2_and_http1_and_certificates_reloaded_on_sighup() {
+    let pki = common::tls::Pki::new();
+    let first = pki.server("server", &["localhost", "first.example.test"]);
+    let (a, _) = upstream(Duration::ZERO);
+    let file = ConfigFile::new(
+        "tls",
+        &format!(
+            "[server.tls]\ncert = {:?}\nkey = {:?}\n{}",
+            first.cert,
+            first.key,
+            route_to(a)
+        ),
+    );
+    let mut gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "info",
+    );
+    let addr = gateway.listening();
+    let url = format!("https://localhost:{}/api/a/ping", addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let ca = pki.ca_path();
+    let ca = ca.to_str().unwrap();
+    let base = [
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca,
+        "-w",
+        "%{http_code} %{http_version}",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    assert_eq!(with(&["--http2"]), (true, "200 2".to_owned()));
+    assert_eq!(with(&["--http1.1"]), (true, "200 1.1".to_owned()));
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = format!("http://127.0.0.1:{}/api/a/ping", addr.port());
+    assert!(!curl(&[&plain]).0);
+
+    // A new pair on disk, then SIGHUP: new connections get it.
+    let second = pki.server("second", &["localhost", "second.example.test"]);
+    std::fs::write(&first.key, &second.key_pem).unwrap();
+    std::fs::write(&first.cert, &second.cert_pem).unwrap();
+    gateway.signal("-HUP");
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = served_names(addr, &pki);
+        if names.contains(&"DNSName(second.example.test)".to_owned()) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        names.contains(&"DNSName(second.example.test)".to_owned()),
+        "{names:?}"
+    );
+    assert_eq!(with(&["--http2"]), (true, "200 2".to_owned()));
+
+    // A broken certificate: one error line, the second pair keeps serving.
+    std::fs::write(&first.cert, "junk\n").unwrap();
+    let refused = gateway.line_with("refused");
+    assert!(refused.contains("no certificate"), "{refused}");
+    assert!(served_names(addr, &pki).contains(&"DNSName(second.example.test)".to_owned()));
+    assert_eq!(with(&["--http2"]), (true, "200 2".to_owned()));
+
+    gateway.terminate();
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn client_certificates_with_curl_and_h2c_with_prior_knowledge() {
+    let pki = common::tls::Pki::new();
+    let server = pki.server("server", &["localhost"]);
+    let alice = pki.client("alice", "alice");
+    let (a, _) = upstream(Duration::ZERO);
+    let file = ConfigFile::new(
+        "mtls",
+        &format!(
+            "[server.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             [auth]\n[[auth.keys]]\nid = \"svc\"\nkey = \"svc-key\"\n{}",
+            server.cert,
+            server.key,
+            pki.ca_path(),
+            route_to(a)
+        ),
+    );
+    let gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "warn",
+    );
+    let addr = gateway.listening();
+    let url = format!("https://localhost:{}/api/a/ping", addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let ca = pki.ca_path();
+    let (cert, key) = (alice.cert.to_str().unwrap(), alice.key.to_str().unwrap());
+    let args = [
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-w",
+        "%{http_code} %{http_version}",
+    ];
+    // With a certificate the CA signed: authenticated by it, no key needed.
+    let mut good = args.to_vec();
+    good.extend(["--http2", "--cert", cert, "--key", key, &url]);
+    assert_eq!(curl(&good), (true, "200 2".to_owned()));
+    // Without one: the handshake fails, no HTTP answer at all.
+    let mut none = args.to_vec();
+    none.extend(["--http2", &url]);
+    let (ok, out) = curl(&none);
+    assert!(!ok, "{out}");
+    drop(gateway);
+
+    // A plaintext gateway answers h2c with prior knowledge and HTTP/1.1 on one port.
+    let file = ConfigFile::new("h2c", &route_to(a));
+    let gateway = Gateway::spawn(
+        &["--config", file.path(), "--listen", "127.0.0.1:0"],
+        "warn",
+    );
+    let addr = gateway.listening();
+    let url = format!("http://127.0.0.1:{}/api/a/ping", addr.port());
+    let w = ["-w", "%{http_code} %{http_version}"];
+    let mut h2c = w.to_vec();
+    h2c.extend(["--http2-prior-knowledge", &url]);
+    assert_eq!(curl(&h2c), (true, "200 2".to_owned()));
+    let mut h1 = w.to_vec();
+    h1.push(&url);
+    assert_eq!(curl(&h1), (true, "200 1.1".to_owned()));
 }

@@ -41,7 +41,7 @@ X-Client-Hop: drop-me
 Keep-Alive: timeout=5
 Proxy-Authorization: Basic Zm9vOmJhcg==
 Proxy-Connection: keep-alive
-TE: trailers
+TE: deflate;q=0.5, gzip
 Trailer: x-sum
 Upgrade: h2c
 Transfer-Encoding: chunked

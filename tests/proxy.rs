@@ -173,7 +173,7 @@ async fn correlation_id_and_hop_by_hop_end_to_end() {
     let res = get(
         gw,
         "/api/hop",
-        "X-Correlation-Id: e2e-1\nConnection: close, x-client-hop\nX-Client-Hop: 1\nKeep-Alive: 5\nTE: trailers\nProxy-Authorization: Basic eA==\n",
+        "X-Correlation-Id: e2e-1\nConnection: close, x-client-hop\nX-Client-Hop: 1\nKeep-Alive: 5\nTE: gzip\nProxy-Authorization: Basic eA==\n",
     )
     .await;
     assert_eq!(res.status, 200);

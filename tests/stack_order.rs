@@ -432,7 +432,7 @@ async fn hop_by_hop_headers_go_before_routing_and_auth_and_off_the_gateways_own_
     )
     .await;
     const HOP: &str = "Connection: close, x-client-hop\nConnection: x-second-hop\n\
-        X-Client-Hop: 1\nX-Second-Hop: 2\nKeep-Alive: timeout=5\nTE: trailers\n\
+        X-Client-Hop: 1\nX-Second-Hop: 2\nKeep-Alive: timeout=5\nTE: gzip\n\
         Proxy-Authorization: Basic eA==\nProxy-Connection: keep-alive\nUpgrade: h2c\n\
         X-End-To-End: yes";
     let request = |extra: &str| {

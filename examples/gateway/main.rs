@@ -49,6 +49,7 @@ use tower_gateway::builder::Gateway;
 use tower_gateway::config::{Config, ConfigError};
 use tower_gateway::reload::{ReloadHandle, reloadable};
 use tower_gateway::server::Server;
+use tower_gateway::tls::ServerTls;
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
@@ -71,6 +72,8 @@ Without --config it serves the config below and starts its two demo upstreams, A
 may make 100 requests a minute per route, and /api/a has at most 64 in flight.
 Metrics (Prometheus text) are on 127.0.0.1:9090/metrics, with /healthz, /readyz and /upstreams.
 Try: curl -i -H 'x-api-key: dev-key' localhost:5050/api/a/ping
+(or --http2-prior-knowledge: the listener speaks HTTP/1.1 and h2c; with [server.tls] in a
+config, HTTPS with HTTP/2 by ALPN, certificates reloaded on SIGHUP and on change).
 
 RUST_LOG sets the log filter (default info; every answered request is an info event
 inside a `request` span, so RUST_LOG=warn turns the access log off). SIGTERM or Ctrl-C
@@ -258,6 +261,15 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     let (gateway, reload) = reloadable(gateway);
     let current = reload.clone();
+    // The certificates are read now, so a bad file stops the start with one line.
+    let tls = match config.server_tls() {
+        Some(tls) => Some(
+            tls.on_load(tower_gateway::metrics::record_tls_certificates)
+                .build()
+                .map_err(|error| format!("server.tls: {error}"))?,
+        ),
+        None => None,
+    };
 
     runtime.block_on(async {
         // SIGHUP would end the process if nobody listened for it.
@@ -267,7 +279,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             config.clone(),
             args.listen,
             reload,
+            tls.clone(),
         )?);
+        if let Some(tls) = &tls {
+            // New certificates on disk serve new connections; a bad one is refused.
+            tokio::spawn(tls.watch(Duration::from_secs(1)));
+        }
         if args.config.is_none() {
             for (name, addr) in DEMO_UPSTREAMS {
                 demo_upstreams::spawn(name, addr.parse()?).await?;
@@ -305,6 +322,16 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             .await
             .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
         let addr = listener.local_addr()?;
+        if let Some(tls) = &tls {
+            for certificate in tls.certificates() {
+                tracing::info!(
+                    file = %certificate.path.display(),
+                    names = ?certificate.names,
+                    "serving TLS (HTTP/2 and HTTP/1.1 by ALPN){}",
+                    if tls.requires_client_certificates() { ", client certificates required" } else { "" }
+                );
+            }
+        }
         // Scripts and tests wait for this line, so it is printed whatever the log filter.
         if tracing::enabled!(tracing::Level::INFO) {
             tracing::info!("listening on {addr}");
@@ -312,12 +339,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             eprintln!("listening on {addr}");
         }
         ready.store(true, Ordering::SeqCst);
-        Server::new()
+        let mut server = Server::new()
             .shutdown_grace(config.server.shutdown_grace)
             .header_read_timeout(config.server.header_read_timeout)
-            .idle_timeout(config.server.idle_timeout)
-            .serve(listener, gateway, shutdown)
-            .await?;
+            .idle_timeout(config.server.idle_timeout);
+        if let Some(tls) = tls {
+            server = server.tls(tls);
+        }
+        server.serve(listener, gateway, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -342,6 +371,7 @@ fn watch_config(
     running: Config,
     listen: Option<SocketAddr>,
     reload: ReloadHandle<Gateway>,
+    tls: Option<ServerTls>,
 ) -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -361,8 +391,16 @@ fn watch_config(
                 every.tick().await;
                 false
             };
+            if let (true, Some(tls)) = (hup, &tls) {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("reloaded the TLS certificates (SIGHUP)"),
+                    Err(error) => tracing::error!(
+                        "TLS certificate reload refused (SIGHUP), the running certificates keep serving: {error}"
+                    ),
+                }
+            }
             let Some(path) = path.as_deref() else {
-                if hup {
+                if hup && tls.is_none() {
                     tracing::info!("SIGHUP: nothing to reload (the embedded config is served)");
                 }
                 continue;
@@ -418,6 +456,7 @@ fn watch_config(
                             s.shutdown_grace,
                             s.header_read_timeout,
                             s.idle_timeout,
+                            s.tls.clone(),
                         )
                     };
                     if server(&config) != server(&running)

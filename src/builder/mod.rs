@@ -154,6 +154,17 @@ pub enum BuildError {
     /// A route has no upstream.
     #[error("route {0:?} has no upstreams")]
     NoUpstreams(String),
+    /// A route's `https://` upstreams cannot be spoken to: its TLS files, or the system's
+    /// roots, cannot be used.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error("route {prefix:?}: upstream TLS: {source}")]
+    UpstreamTls {
+        /// The route.
+        prefix: String,
+        /// What is wrong.
+        source: crate::tls::TlsError,
+    },
     /// A route's timeout is zero.
     #[error("route {0:?}: the timeout must be greater than zero")]
     ZeroTimeout(String),
@@ -190,6 +201,7 @@ pub struct GatewayBuilder<B = Incoming> {
     routes: Vec<(String, Route<B>)>,
     auth: Option<Arc<KeySet>>,
     auth_header: HeaderName,
+    auth_client_certificates: bool,
     trusted: TrustedProxies,
     correlation_header: HeaderName,
     client: ProxyClientBuilder,
@@ -237,6 +249,14 @@ where
     /// `x-api-key`).
     pub fn auth_header(mut self, header: HeaderName) -> Self {
         self.auth_header = header;
+        self
+    }
+
+    /// Whether a client certificate the server verified authenticates a request that sends no
+    /// key, when [auth](Self::auth) is on (default `false`; see
+    /// [`ApiKeyAuthLayer::client_certificates`](crate::api_key::ApiKeyAuthLayer::client_certificates)).
+    pub fn auth_client_certificates(mut self, accept: bool) -> Self {
+        self.auth_client_certificates = accept;
         self
     }
 
@@ -313,6 +333,12 @@ where
     pub fn build(self) -> Result<Gateway<B>, BuildError> {
         self.check()?;
         let client: GatewayClient<B> = self.client.build();
+        // Routes with TLS settings of their own get a client each, shared by equal settings.
+        #[cfg(feature = "tls")]
+        let mut tls_clients: std::collections::HashMap<
+            crate::tls::UpstreamTls,
+            GatewayClient<B>,
+        > = std::collections::HashMap::new();
         let mut router = observe::router(Router::builder());
         let mut states = RouteStates::new();
         let mut prefixes = HashSet::new();
@@ -326,7 +352,25 @@ where
                 .cloned()
                 .unwrap_or_default();
             let mut carried = Carried::default();
-            let service = self.route_stack(prefix, route, &client, &old, &mut carried)?;
+            #[cfg(feature = "tls")]
+            let client = match &route.upstream_tls {
+                None => &client,
+                Some(tls) => match tls_clients.entry(tls.clone()) {
+                    std::collections::hash_map::Entry::Occupied(entry) => &*entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        let settings = self.client.clone().tls(tls.clone()).map_err(|source| {
+                            BuildError::UpstreamTls {
+                                prefix: prefix.clone(),
+                                source,
+                            }
+                        })?;
+                        &*entry.insert(settings.build())
+                    }
+                },
+            };
+            #[cfg(not(feature = "tls"))]
+            let client = &client;
+            let service = self.route_stack(prefix, route, client, &old, &mut carried)?;
             if let Some(pool) = &carried.pool {
                 pools.push((prefix.clone(), pool.clone()));
             }
@@ -379,7 +423,13 @@ where
         let store = |quota| self.store_for(prefix, quota);
         let limit = stages::rate_limit(route, store, &self.trusted, old, carried);
         let limited = stages::optional(limit, guarded);
-        let auth = stages::auth(prefix, route, self.auth.as_ref(), &self.auth_header);
+        let auth = stages::auth(
+            prefix,
+            route,
+            self.auth.as_ref(),
+            &self.auth_header,
+            self.auth_client_certificates,
+        );
         let authed = stages::optional(auth, limited);
         let service = if route.layers.is_empty() {
             Either::Left(authed)
@@ -466,6 +516,7 @@ where
             routes: Vec::new(),
             auth: None,
             auth_header: X_API_KEY,
+            auth_client_certificates: false,
             trusted: TrustedProxies::none(),
             correlation_header: X_CORRELATION_ID,
             client: ProxyClientBuilder::new(),

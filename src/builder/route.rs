@@ -38,6 +38,8 @@ pub struct Route<B = Incoming> {
     pub(super) retry: Retries,
     pub(super) classifier: SharedClassifier,
     pub(super) layers: Vec<WrapFn<B>>,
+    #[cfg(feature = "tls")]
+    pub(super) upstream_tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// A route's retry settings.
@@ -68,7 +70,7 @@ impl<B> fmt::Debug for Route<B> {
             .field("bulkhead", &self.bulkhead)
             .field("retry", &self.retry)
             .field("layers", &self.layers.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,6 +104,8 @@ impl<B> Route<B> {
             retry: Retries::default(),
             classifier: SharedClassifier::default(),
             layers: Vec::new(),
+            #[cfg(feature = "tls")]
+            upstream_tls: None,
         }
     }
 
@@ -209,6 +213,17 @@ impl<B> Route<B> {
     /// Whether the route prefix is cut off the path before forwarding (default `true`).
     pub fn strip_prefix(mut self, strip: bool) -> Self {
         self.strip_prefix = strip;
+        self
+    }
+
+    /// How this route's `https://` upstreams are verified and what client certificate they
+    /// are shown (default: the system's roots, none), for the requests and the active
+    /// checks alike. Routes with the same settings share a client and its connections.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn upstream_tls(mut self, tls: crate::tls::UpstreamTls) -> Self {
+        self.pool = self.pool.tls(tls.clone());
+        self.upstream_tls = Some(tls);
         self
     }
 

@@ -34,6 +34,8 @@ pub(super) fn check<B>(prefix: &str, route: &Route<B>) -> Result<(), BuildError>
     if route.timeout.is_zero() {
         return Err(BuildError::ZeroTimeout(prefix.to_owned()));
     }
+    #[cfg(feature = "tls")]
+    check_upstream_tls(prefix, route)?;
     if route
         .circuit_breaker
         .is_some_and(|breaker| breaker.cooldown.is_zero())
@@ -104,6 +106,29 @@ pub(super) fn pool<B>(
     observe.pool_state(&pool);
     carried.pool = Some(pool.clone());
     Ok(pool)
+}
+
+/// A route with `https://` upstreams can verify them: its CA and client certificate files
+/// are usable, or, without a CA, the system has root certificates.
+#[cfg(feature = "tls")]
+fn check_upstream_tls<B>(prefix: &str, route: &Route<B>) -> Result<(), BuildError> {
+    let https = route
+        .pool
+        .endpoints()
+        .iter()
+        .any(|(url, _)| url.starts_with("https://"));
+    if !https && route.upstream_tls.is_none() {
+        return Ok(());
+    }
+    route
+        .upstream_tls
+        .clone()
+        .unwrap_or_default()
+        .check()
+        .map_err(|source| BuildError::UpstreamTls {
+            prefix: prefix.to_owned(),
+            source,
+        })
 }
 
 /// The proxy at the bottom: forwards to the route's upstreams.
@@ -216,9 +241,12 @@ pub(super) fn auth<B>(
     route: &Route<B>,
     keys: Option<&Arc<KeySet>>,
     header: &HeaderName,
+    client_certificates: bool,
 ) -> Option<ApiKeyAuthLayer<Arc<KeySet>>> {
     let keys = keys?;
-    let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys)).header(header.clone());
+    let mut auth = ApiKeyAuthLayer::new(Arc::clone(keys))
+        .header(header.clone())
+        .client_certificates(client_certificates);
     for path in &route.anonymous {
         auth = if route.strip_prefix || prefix == "/" {
             auth.anonymous(path.as_str())

@@ -38,6 +38,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `[server.tls]` makes the listener speak HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a
+//! certificate chain and key, more certificates chosen by SNI
+//! (`[[server.tls.certificates]]`), and optionally client certificates required against a
+//! CA (`client_ca`); [`Config::server_tls`] turns it into the listener's settings.
+//! `[routes.upstream_tls]` sets how a route's `https://` upstreams are verified (`ca`,
+//! default the system's roots) and the client certificate shown to them (`cert`, `key`).
+//! Upstream URLs are `http://`, `https://` or `h2c://` (HTTP/2 with prior knowledge). Both
+//! TLS sections, and `https://` upstreams, need the `tls` feature (on by default). Paths are
+//! as written, relative ones from the working directory.
+//!
 //! `[rate_limit_store]` keeps every route's rate-limit budgets in Redis, shared by every
 //! instance on the same Redis and `key_prefix` (it needs the `redis` feature, on by
 //! default). `[admin]` is the example gateway's metrics and health listener (it needs the
@@ -123,7 +133,26 @@ impl Config {
                 "redis",
                 self.rate_limit_store.is_some() && !cfg!(feature = "redis"),
             ),
+            (
+                "server.tls",
+                "tls",
+                self.server.tls.is_some() && !cfg!(feature = "tls"),
+            ),
         ];
+        if !cfg!(feature = "tls") {
+            for (i, route) in self.routes.iter().enumerate() {
+                let https = route
+                    .upstreams
+                    .iter()
+                    .any(|u| u.url.starts_with("https://"));
+                if route.upstream_tls.is_some() || https {
+                    return Err(ConfigError::MissingFeature {
+                        key: format!("routes[{i}].upstream_tls"),
+                        feature: "tls",
+                    });
+                }
+            }
+        }
         match sections.iter().find(|(_, _, missing)| *missing) {
             Some(&(key, feature, _)) => Err(ConfigError::MissingFeature {
                 key: key.to_owned(),
@@ -152,13 +181,37 @@ impl Config {
         if let Some(auth) = &self.auth {
             builder = builder
                 .auth(auth.key_set()?)
-                .auth_header(auth.header.clone());
+                .auth_header(auth.header.clone())
+                // With client certificates required, a verified one authenticates too.
+                .auth_client_certificates(
+                    self.server
+                        .tls
+                        .as_ref()
+                        .is_some_and(|tls| tls.client_ca.is_some()),
+                );
         }
         #[cfg(feature = "redis")]
         if let Some(store) = &self.rate_limit_store {
             builder = builder.rate_limit_store(store.backend()?);
         }
         self.with_routes(builder)
+    }
+
+    /// The listener's TLS settings of `[server.tls]` (`None` without the section), to add
+    /// hooks to and `build()` (which reads the files) for
+    /// [`Server::tls`](crate::server::Server::tls).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn server_tls(&self) -> Option<crate::tls::ServerTlsBuilder> {
+        let tls = self.server.tls.as_ref()?;
+        let mut builder = crate::tls::ServerTls::builder(&tls.cert, &tls.key);
+        for more in &tls.certificates {
+            builder = builder.certificate(&more.cert, &more.key);
+        }
+        if let Some(ca) = &tls.client_ca {
+            builder = builder.client_ca(ca);
+        }
+        Some(builder)
     }
 
     /// `builder` with this config's routes.
@@ -180,6 +233,17 @@ impl Config {
                 |target, path| target.anonymous(path.clone()),
             );
             target = route.pool(&format!("routes[{i}]"), target, &trusted)?;
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &route.upstream_tls {
+                let mut settings = crate::tls::UpstreamTls::new();
+                if let Some(ca) = &tls.ca {
+                    settings = settings.ca(ca);
+                }
+                if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                    settings = settings.client_certificate(cert, key);
+                }
+                target = target.upstream_tls(settings);
+            }
             if let Some(limit) = &route.rate_limit {
                 target = target.rate_limit(limit.quota(&format!("routes[{i}]"))?);
             }
@@ -260,6 +324,21 @@ impl Config {
                     source => ConfigError::invalid(format!("{route}.health"), source),
                 }
             }
+            #[cfg(feature = "tls")]
+            BuildError::UpstreamTls { prefix, source } => {
+                let route = route_at(&prefix, 0);
+                let has_settings = self
+                    .routes
+                    .iter()
+                    .find(|r| r.prefix == prefix)
+                    .is_some_and(|r| r.upstream_tls.is_some());
+                let key = if has_settings {
+                    format!("{route}.upstream_tls")
+                } else {
+                    format!("{route}.upstreams")
+                };
+                ConfigError::invalid(key, source)
+            }
             BuildError::NoUpstreams(prefix) => ConfigError::invalid(
                 format!("{}.upstreams", route_at(&prefix, 0)),
                 "a route needs at least one upstream",
@@ -315,6 +394,14 @@ trusted_proxies = []              # CIDRs whose X-Forwarded-For may name the cli
 header_read_timeout = "10s"       # a request head must arrive within this
 idle_timeout = "60s"              # a keep-alive connection with no request in flight closes after this
 request_body_timeout = "30s"      # a request body that sends nothing this long: 408
+
+[server.tls]                      # optional: the listener speaks HTTPS (HTTP/2 and HTTP/1.1 by ALPN)
+cert = "server.crt"               # PEM chain
+key = "server.key"                # PEM key
+client_ca = "clients.pem"         # optional: require client certificates signed by this CA
+[[server.tls.certificates]]       # optional: more certificates, each chosen by SNI from its names
+cert = "other.crt"
+key = "other.key"
 
 [auth]                            # optional; absent = no auth anywhere
 header = "x-api-key"              # default
@@ -374,6 +461,14 @@ interval = "10s"
 timeout = "2s"
 healthy_threshold = 2             # passes in a row that make an endpoint healthy
 unhealthy_threshold = 3           # failures in a row that make it unhealthy
+
+[[routes]]
+prefix = "/api/c"
+upstreams = ["https://10.0.0.7:8443", "h2c://10.0.0.8:50051"]
+[routes.upstream_tls]             # optional, for https upstreams
+ca = "upstream-ca.pem"            # default: the system's roots
+cert = "client.crt"               # optional client certificate (mTLS to the upstream)
+key = "client.key"
 "#;
 
     const ROUTE: &str =
@@ -459,8 +554,38 @@ unhealthy_threshold = 3           # failures in a row that make it unhealthy
             (Duration::from_secs(10), 2, 3)
         );
 
+        let tls = config.server.tls.as_ref().unwrap();
+        assert_eq!(
+            (
+                tls.cert.to_str(),
+                tls.key.to_str(),
+                tls.client_ca.as_deref()
+            ),
+            (
+                Some("server.crt"),
+                Some("server.key"),
+                Some(Path::new("clients.pem"))
+            )
+        );
+        assert_eq!(tls.certificates[0].cert, Path::new("other.crt"));
+        let upstream_tls = config.routes[2].upstream_tls.as_ref().unwrap();
+        assert_eq!(
+            (
+                upstream_tls.ca.as_deref(),
+                upstream_tls.cert.as_deref(),
+                upstream_tls.key.as_deref()
+            ),
+            (
+                Some(Path::new("upstream-ca.pem")),
+                Some(Path::new("client.crt")),
+                Some(Path::new("client.key"))
+            )
+        );
+
         // Every value checks out; only the support check refuses it, section by section.
+        // (The TLS route's files do not exist here: the TLS tests build with real ones.)
         let mut config = config;
+        config.routes.truncate(2);
         let mut refused = Vec::new();
         while let Err(error) = config.validate() {
             let ConfigError::MissingFeature { key, .. } = error else {
@@ -469,6 +594,7 @@ unhealthy_threshold = 3           # failures in a row that make it unhealthy
             match key.as_str() {
                 "admin" => config.admin = None,
                 "rate_limit_store" => config.rate_limit_store = None,
+                "server.tls" => config.server.tls = None,
                 other => panic!("unexpected {other}"),
             }
             refused.push(key);
@@ -476,6 +602,7 @@ unhealthy_threshold = 3           # failures in a row that make it unhealthy
         let expected: Vec<&str> = [
             (!cfg!(feature = "metrics")).then_some("admin"),
             (!cfg!(feature = "redis")).then_some("rate_limit_store"),
+            (!cfg!(feature = "tls")).then_some("server.tls"),
         ]
         .into_iter()
         .flatten()
@@ -603,7 +730,7 @@ unhealthy_threshold = 3           # failures in a row that make it unhealthy
                 "server.trusted_proxies[1]: invalid CIDR \"nope\"",
             ),
             (
-                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://h:1\", \"https://h\"]\n".into(),
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://h:1\", \"ftp://h\"]\n".into(),
                 "routes[0].upstreams[1]: unsupported scheme",
             ),
             (

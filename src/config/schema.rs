@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -73,6 +74,54 @@ pub struct ServerConfig {
         deserialize_with = "duration"
     )]
     pub request_body_timeout: Duration,
+    /// `[server.tls]`: the listener speaks HTTPS (needs the `tls` feature).
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the listener's certificate and, optionally, more certificates chosen by
+/// SNI and a CA that client certificates must be signed by. Paths are as given (relative
+/// ones from the working directory). The files are reloaded on SIGHUP and when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerTlsConfig {
+    /// The PEM certificate chain served by default.
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// Require client certificates signed by the CA certificates in this PEM file (mTLS);
+    /// a verified certificate's common name is the client's identity.
+    pub client_ca: Option<PathBuf>,
+    /// `[[server.tls.certificates]]`: more certificates, each served to clients whose SNI
+    /// names one of its DNS names.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One of `[[server.tls.certificates]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CertificateConfig {
+    /// The PEM certificate chain.
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[routes.upstream_tls]`: how the route's `https://` upstreams are verified, and the
+/// client certificate shown to them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamTlsConfig {
+    /// Verify upstreams against the CA certificates in this PEM file (default: the
+    /// system's roots).
+    pub ca: Option<PathBuf>,
+    /// A PEM client certificate chain for upstreams that ask for one (with `key`).
+    pub cert: Option<PathBuf>,
+    /// Its PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +133,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             request_body_timeout: default_request_body_timeout(),
+            tls: None,
         }
     }
 }
@@ -211,6 +261,9 @@ pub struct RouteConfig {
     pub balance: Option<BalanceConfig>,
     /// `[routes.health]`: passive and active health of the pool's endpoints.
     pub health: Option<HealthConfig>,
+    /// `[routes.upstream_tls]`: how `https://` upstreams are verified (needs the `tls`
+    /// feature).
+    pub upstream_tls: Option<UpstreamTlsConfig>,
 }
 
 /// One of a route's `upstreams`: a URL string, or a table with a weight.
@@ -772,6 +825,23 @@ impl RouteConfig {
         }
         if let Some(retry) = &self.retry {
             retry.validate(key)?;
+        }
+        if let Some(tls) = &self.upstream_tls {
+            match (&tls.cert, &tls.key) {
+                (Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.upstream_tls.key"),
+                        "is required with cert",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.upstream_tls.cert"),
+                        "is required with key",
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -3,8 +3,10 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,8 +15,8 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture as ClientFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -24,29 +26,74 @@ use super::error::ProxyError;
 use super::forward::set_forwarding_headers;
 use super::upgrade;
 use crate::body::GatewayBody;
-use crate::extensions::{CorrelationId, HandBack, PeerAddr, RequestHead, UpgradeGuards};
+use crate::extensions::{CorrelationId, HandBack, PeerAddr, RequestHead, TlsInfo, UpgradeGuards};
 use crate::forwarded::TrustedProxies;
 use crate::rejection::{Fault, Rejection, RejectionKind};
-use crate::upstream::{Picked, Pool, Tried, Upstream, with_tried};
+use crate::upstream::{Picked, Pool, Transport, Tried, Upstream, with_tried};
 
-/// The pooled keep-alive HTTP/1.1 client the proxy forwards with, for request bodies of type
-/// `B`. Cloning is a reference-count bump, and the clones share one connection pool: share
-/// one between proxies so that they share the pool.
+/// The pooled keep-alive client the proxy forwards with, for request bodies of type `B`:
+/// HTTP/1.1 to `http://` upstreams, TLS with HTTP/2 or HTTP/1.1 (as ALPN decides) to
+/// `https://` ones, HTTP/2 with prior knowledge to `h2c://` ones. Cloning is a
+/// reference-count bump, and the clones share the connection pools: share one between
+/// proxies so that they share the pools.
 pub struct ProxyClient<B> {
-    client: Client<HttpConnector, SentBody<B>>,
+    clients: Arc<Clients<B>>,
+}
+
+/// The connector of `http://` and `https://` upstreams.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
+struct Clients<B> {
+    /// `http://` and `https://`: one per HTTP/2 connection allowed to an upstream (an
+    /// HTTP/1.1 upstream always gets the first, whose pool keeps as many as it needs).
+    http: Box<[Client<Connector, SentBody<B>>]>,
+    /// `h2c://`: likewise.
+    h2c: Box<[Client<HttpConnector, SentBody<B>>]>,
+    /// Spreads HTTP/2 requests over the clients.
+    next: AtomicUsize,
+}
+
+impl<B> Clients<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    #[inline]
+    fn request(&self, transport: Transport, req: Request<SentBody<B>>) -> ClientFuture {
+        match transport {
+            Transport::Http => self.http[0].request(req),
+            Transport::Https => self.http[self.lane(self.http.len())].request(req),
+            _ => self.h2c[self.lane(self.h2c.len())].request(req),
+        }
+    }
+
+    #[inline]
+    fn lane(&self, lanes: usize) -> usize {
+        if lanes == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % lanes
+        }
+    }
 }
 
 impl<B> Clone for ProxyClient<B> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
+            clients: Arc::clone(&self.clients),
         }
     }
 }
 
 impl<B> fmt::Debug for ProxyClient<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyClient").finish_non_exhaustive()
+        f.debug_struct("ProxyClient")
+            .field("http2_connections", &self.clients.h2c.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,8 +104,9 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     /// A client tuned for proxying, with [`ProxyClientBuilder`]'s defaults: `TCP_NODELAY`,
-    /// a 5 s connect timeout, idle pooled connections kept 90 s. For other settings, build
-    /// one with a [`ProxyClientBuilder`].
+    /// a 5 s connect timeout, idle pooled connections kept 90 s, `https://` upstreams
+    /// verified against the system's roots. For other settings, build one with a
+    /// [`ProxyClientBuilder`].
     pub fn new() -> Self {
         ProxyClientBuilder::new().build()
     }
@@ -86,6 +134,9 @@ pub struct ProxyClientBuilder {
     max_idle_per_host: usize,
     send_buffer_size: Option<usize>,
     recv_buffer_size: Option<usize>,
+    http2_connections: NonZeroUsize,
+    #[cfg(feature = "tls")]
+    tls: Option<(crate::tls::UpstreamTls, Arc<rustls::ClientConfig>)>,
 }
 
 impl Default for ProxyClientBuilder {
@@ -94,9 +145,15 @@ impl Default for ProxyClientBuilder {
     }
 }
 
+/// How often an idle HTTP/2 upstream connection is pinged, and how long the ping may go
+/// unanswered before the connection is given up.
+const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+
 impl ProxyClientBuilder {
     /// The defaults: a 5 s connect timeout, idle connections kept 90 s, no cap on idle
-    /// connections per upstream, the kernel's socket buffer sizes; `TCP_NODELAY` always.
+    /// connections per upstream, the kernel's socket buffer sizes, one HTTP/2 connection
+    /// per upstream, `https://` upstreams verified against the system's roots;
+    /// `TCP_NODELAY` always.
     pub fn new() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
@@ -104,11 +161,15 @@ impl ProxyClientBuilder {
             max_idle_per_host: usize::MAX,
             send_buffer_size: None,
             recv_buffer_size: None,
+            http2_connections: NonZeroUsize::MIN,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
-    /// How long a new upstream connection may take (default 5 s); after that the attempt
-    /// fails as unreachable (`502`).
+    /// How long a new upstream connection may take to connect (default 5 s); after that
+    /// the attempt fails as unreachable (`502`). A TLS handshake after it is bounded by the
+    /// attempt's own timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -140,24 +201,104 @@ impl ProxyClientBuilder {
         self
     }
 
-    /// A client with these settings and a pool of its own.
+    /// How many HTTP/2 connections each `h2c://` or `https://` upstream gets (default 1),
+    /// requests spread over them in turn. One HTTP/2 connection carries every request to an
+    /// upstream as streams, up to the stream limit the upstream announces
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, often 100 to 250); requests beyond it wait for a
+    /// stream. Raise this where more requests than that are in flight to one upstream.
+    pub fn http2_connections(mut self, connections: NonZeroUsize) -> Self {
+        self.http2_connections = connections;
+        self
+    }
+
+    /// Speaks to `https://` upstreams with `tls`'s roots and client certificate, read (and
+    /// checked) now.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: crate::tls::UpstreamTls) -> Result<Self, crate::tls::TlsError> {
+        let config = tls.client_config()?;
+        self.tls = Some((tls, Arc::new(config)));
+        Ok(self)
+    }
+
+    /// The TLS settings given with [`tls`](Self::tls), if any.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_settings(&self) -> Option<&crate::tls::UpstreamTls> {
+        self.tls.as_ref().map(|(tls, _)| tls)
+    }
+
+    fn connector(&self) -> HttpConnector {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_send_buffer_size(self.send_buffer_size);
+        connector.set_recv_buffer_size(self.recv_buffer_size);
+        connector
+    }
+
+    /// A client with these settings and pools of its own.
     pub fn build<B>(&self) -> ProxyClient<B>
     where
         B: http_body::Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_send_buffer_size(self.send_buffer_size);
-        connector.set_recv_buffer_size(self.recv_buffer_size);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(self.max_idle_per_host)
-            .build(connector);
-        ProxyClient { client }
+        let lanes = self.http2_connections.get();
+        let pooled = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(self.idle_timeout)
+                .pool_max_idle_per_host(self.max_idle_per_host)
+                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE.0)
+                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE.1);
+            builder
+        };
+        let http = (0..lanes)
+            .map(|_| pooled().build(self.http_connector()))
+            .collect();
+        let h2c = (0..lanes)
+            .map(|_| pooled().http2_only(true).build(self.connector()))
+            .collect();
+        ProxyClient {
+            clients: Arc::new(Clients {
+                http,
+                h2c,
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn http_connector(&self) -> Connector {
+        self.connector()
+    }
+
+    #[cfg(feature = "tls")]
+    fn http_connector(&self) -> Connector {
+        let mut http = self.connector();
+        http.enforce_http(false);
+        let (config, http2) = match &self.tls {
+            Some((tls, config)) => (rustls::ClientConfig::clone(config), tls.http2()),
+            None => (
+                crate::tls::UpstreamTls::new()
+                    .client_config()
+                    // No system roots: every `https://` upstream fails its handshake (a
+                    // `502` that says so); the gateway builder refuses such routes up front.
+                    .unwrap_or_else(|_| crate::tls::UpstreamTls::no_roots_config()),
+                true,
+            ),
+        };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        if http2 {
+            builder.enable_all_versions().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        }
     }
 }
 
@@ -169,6 +310,9 @@ struct Inner<B> {
     request_body_timeout: Option<Duration>,
     on_attempt: Option<AttemptHook>,
 }
+
+/// `X-Forwarded-Proto` of a request that came over TLS.
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The default [request-body timeout](ProxyService::request_body_timeout): 30 s.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -281,7 +425,8 @@ impl<B> ProxyService<B> {
         self
     }
 
-    /// The `X-Forwarded-Proto` this hop sets (default `http`).
+    /// The `X-Forwarded-Proto` this hop sets for a plaintext request (default `http`); a
+    /// request that came over TLS (it carries a [`TlsInfo`]) gets `https`.
     pub fn forwarded_proto(mut self, proto: HeaderValue) -> Self {
         self.inner_mut().proto = proto;
         self
@@ -364,6 +509,8 @@ where
             return ResponseFuture::answer(rejection.into_response());
         };
         let peer = PeerAddr::from_extensions(req.extensions());
+        let over_tls = req.extensions().get::<TlsInfo>().is_some();
+        let transport = upstream.transport();
         // Only an absolute-form target has one (origin form, nearly every request, has not).
         // Read before a hand-back leaves the request with a bare URI.
         let target_authority = req.uri().authority().cloned();
@@ -388,11 +535,12 @@ where
             peer,
             target_authority.as_ref(),
             upstream.host(),
-            &inner.proto,
+            if over_tls { &HTTPS } else { &inner.proto },
             &inner.trusted,
         );
         *req.uri_mut() = uri;
-        // HTTP/1.1 upstream whatever the client spoke, so the pooled connection stays alive.
+        // HTTP/1.1 to an HTTP/1.1 upstream whatever the client spoke, so the pooled
+        // connection stays alive; an HTTP/2 connection sends it as a stream all the same.
         *req.version_mut() = Version::HTTP_11;
         // Only a body still to come can stall.
         let head = inner
@@ -405,7 +553,7 @@ where
             state: State::Forward {
                 timer: AttemptTimer::start(inner),
                 picked: Some(picked),
-                fut: inner.client.client.request(req),
+                fut: inner.client.clients.request(transport, req),
                 client_upgrade,
                 correlation_id,
                 head_arrived,
@@ -446,7 +594,7 @@ pin_project! {
     enum State {
         Forward {
             #[pin]
-            fut: hyper_util::client::legacy::ResponseFuture,
+            fut: ClientFuture,
             client_upgrade: Option<(OnUpgrade, UpgradeGuards)>,
             correlation_id: Option<CorrelationId>,
             timer: AttemptTimer,

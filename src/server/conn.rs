@@ -39,17 +39,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use crate::extensions::PeerAddr;
+use crate::extensions::{Identity, PeerAddr, TlsInfo};
 use crate::time::later;
 
 /// What the connection's socket and its requests share.
@@ -68,6 +67,11 @@ pub(super) struct Shared {
     closing: AtomicBool,
     /// The tunnel's task, to wake for the close (kept in tunnel mode only).
     tunnel_waker: Mutex<Option<Waker>>,
+    /// The connection speaks HTTP/2: bytes between requests are frames of the connection
+    /// (pings, settings, window updates), not the start of a request head.
+    http2: AtomicBool,
+    /// An HTTP/2 connection's idle time is up: its task closes it gracefully.
+    pub(super) idle_close: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -80,7 +84,14 @@ impl Shared {
             upgraded: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             tunnel_waker: Mutex::new(None),
+            http2: AtomicBool::new(false),
+            idle_close: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Marks the connection as HTTP/2 (ALPN said so, or its first request was).
+    pub(super) fn set_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
     }
 
     /// When the last request in flight was done.
@@ -151,8 +162,8 @@ enum State {
 
 /// The connection's socket, with its clocks; see the [module docs](self).
 #[derive(Debug)]
-pub(super) struct ConnIo {
-    inner: TcpStream,
+pub(super) struct ConnIo<I> {
+    inner: I,
     shared: Arc<Shared>,
     clocks: Clocks,
     state: State,
@@ -173,14 +184,17 @@ pub(super) struct ConnIo {
     _done: oneshot::Sender<()>,
 }
 
-impl ConnIo {
+impl<I: AsyncRead + AsyncWrite + Unpin> ConnIo<I> {
+    /// `inner` was accepted at `accepted` (its first request head is due the header-read
+    /// timeout after that, a TLS handshake included).
     pub(super) fn new(
-        inner: TcpStream,
+        inner: I,
         shared: Arc<Shared>,
         clocks: Clocks,
+        accepted: Instant,
         done: oneshot::Sender<()>,
     ) -> Self {
-        let now = Instant::now();
+        let now = accepted;
         Self {
             inner,
             shared,
@@ -263,6 +277,15 @@ impl ConnIo {
             // Within the timer's resolution counts as due: tokio fires a deadline in the
             // current millisecond at once, which would otherwise spin here until it passes.
             if later(now, TIMER_RESOLUTION) >= deadline {
+                if !is_error && self.shared.http2.load(Ordering::Relaxed) {
+                    // HTTP/2 says goodbye with a GOAWAY, which tells the client that no
+                    // request of its was lost (it may send the next on a new connection):
+                    // the connection's task sends it. The clock looks again an idle timeout
+                    // later, should the client keep the connection.
+                    self.shared.idle_close.notify_one();
+                    self.timer.as_mut().reset(later(now, self.clocks.idle));
+                    continue;
+                }
                 return Some(if is_error {
                     Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -303,7 +326,7 @@ impl ConnIo {
     }
 }
 
-impl AsyncRead for ConnIo {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -320,12 +343,16 @@ impl AsyncRead for ConnIo {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let bytes = buf.filled().len() - before;
                 match this.state {
+                    // Between HTTP/2 requests come the connection's own frames; a request
+                    // makes it busy, and the idle clock runs on until one does.
+                    State::Idle(_) if this.shared.http2.load(Ordering::Relaxed) => {}
                     State::Idle(_) => {
                         // The first byte of the next request: its head has the header-read
                         // timeout, which the armed timer cannot be later than.
                         this.state = State::Head(Instant::now());
                         this.head_bytes = bytes;
                     }
+                    State::Head(_) if this.shared.http2.load(Ordering::Relaxed) => {}
                     State::Head(_) => {
                         this.head_bytes = this.head_bytes.saturating_add(bytes);
                         if this.head_bytes > this.clocks.max_head {
@@ -349,7 +376,7 @@ impl AsyncRead for ConnIo {
     }
 }
 
-impl ConnIo {
+impl<I: AsyncRead + AsyncWrite + Unpin> ConnIo<I> {
     /// The error of a tunnel the drain has closed (only a tunnel is ever closed, so other
     /// states skip the shared flag).
     #[inline]
@@ -406,7 +433,7 @@ impl ConnIo {
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -471,21 +498,38 @@ impl Drop for InFlight {
     }
 }
 
-/// The service as one connection serves it: the client's address in each request, each
-/// request counted in flight until its response body is done.
+/// The service as one connection serves it: the client's address (and the TLS session, and
+/// the identity its client certificate gives, if any) in each request, each request counted
+/// in flight until its response body is done.
 #[derive(Clone, Debug)]
 pub(super) struct Served<S> {
     inner: S,
     peer: PeerAddr,
     shared: Arc<Shared>,
+    tls: Option<TlsInfo>,
+    identity: Option<Identity>,
+    max_headers: usize,
 }
 
 impl<S> Served<S> {
-    pub(super) fn new(inner: S, peer: PeerAddr, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(
+        inner: S,
+        peer: PeerAddr,
+        shared: Arc<Shared>,
+        tls: Option<(TlsInfo, Option<Identity>)>,
+        max_headers: usize,
+    ) -> Self {
+        let (tls, identity) = match tls {
+            Some((tls, identity)) => (Some(tls), identity),
+            None => (None, None),
+        };
         Self {
             inner,
             peer,
             shared,
+            tls,
+            identity,
+            max_headers,
         }
     }
 }
@@ -505,10 +549,36 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.peer);
+        let in_flight = Some(InFlight::enter(&self.shared));
+        if req.version() == Version::HTTP_2 {
+            self.shared.set_http2();
+            // hyper's HTTP/1 parser counts header fields; HTTP/2's frames only bound their
+            // size (SETTINGS_MAX_HEADER_LIST_SIZE), so the count is checked here.
+            if req.headers().len() > self.max_headers {
+                let mut res = Response::new(ServedBody {
+                    inner: None,
+                    _in_flight: None,
+                });
+                *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return ServedFuture {
+                    in_flight,
+                    inner: None,
+                    answer: Some(res),
+                };
+            }
+        }
+        let extensions = req.extensions_mut();
+        extensions.insert(self.peer);
+        if let Some(tls) = &self.tls {
+            extensions.insert(tls.clone());
+        }
+        if let Some(identity) = &self.identity {
+            extensions.insert(identity.clone());
+        }
         ServedFuture {
-            in_flight: Some(InFlight::enter(&self.shared)),
-            inner: self.inner.call(req),
+            in_flight,
+            inner: Some(self.inner.call(req)),
+            answer: None,
         }
     }
 }
@@ -517,10 +587,15 @@ pin_project! {
     /// Response future of [`Served`].
     pub(super) struct ServedFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         in_flight: Option<InFlight>,
+        answer: Option<Response<ServedBody<Never>>>,
     }
 }
+
+/// The body type of the server's own answers, which have none.
+#[derive(Debug)]
+pub(super) enum Never {}
 
 impl<F, B, E> Future for ServedFuture<F>
 where
@@ -531,7 +606,14 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = match this.inner.poll(cx) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let answer = this.answer.take().expect("polled after completion");
+            return Poll::Ready(Ok(answer.map(|_| ServedBody {
+                inner: None,
+                _in_flight: this.in_flight.take(),
+            })));
+        };
+        let res = match inner.poll(cx) {
             Poll::Ready(Ok(res)) => res,
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => return Poll::Pending,
@@ -543,17 +625,18 @@ where
             }
         }
         Poll::Ready(Ok(res.map(|inner| ServedBody {
-            inner,
+            inner: Some(inner),
             _in_flight: in_flight,
         })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until it is done or dropped.
+    /// A response body that keeps its request in flight until it is done or dropped
+    /// (`None`: the empty body of the server's own answer).
     pub(super) struct ServedBody<B> {
         #[pin]
-        inner: B,
+        inner: Option<B>,
         _in_flight: Option<InFlight>,
     }
 }
@@ -570,16 +653,21 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        match self.project().inner.as_pin_mut() {
+            Some(inner) => inner.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

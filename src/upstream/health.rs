@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::endpoint::Endpoint;
 use super::pool::{Events, PoolEvent, PoolEventKind};
-use super::url::Upstream;
+use super::url::{Transport, Upstream};
 use crate::body::GatewayBody;
 use crate::random::below;
 
@@ -179,13 +179,22 @@ impl ActiveHealth {
 /// when a reload replaces the checks).
 pub(super) struct Prober {
     pub(super) settings: ActiveHealth,
+    tls: ProbeTls,
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
+/// How probes speak TLS to `https://` endpoints (`None` when the pool has none).
+#[cfg(feature = "tls")]
+pub(super) type ProbeTls = Option<Arc<rustls::ClientConfig>>;
+/// Without the `tls` feature there are no `https://` endpoints.
+#[cfg(not(feature = "tls"))]
+pub(super) type ProbeTls = Option<std::convert::Infallible>;
+
 impl Prober {
-    pub(super) fn new(settings: ActiveHealth) -> Self {
+    pub(super) fn new(settings: ActiveHealth, tls: ProbeTls) -> Self {
         Self {
             settings,
+            tls,
             task: std::sync::Mutex::new(None),
         }
     }
@@ -209,6 +218,7 @@ impl Prober {
             let handle = runtime.spawn(probe_loop(
                 index,
                 self.settings.clone(),
+                self.tls.clone(),
                 upstream.clone(),
                 Arc::downgrade(endpoint),
                 Arc::clone(events),
@@ -249,6 +259,7 @@ impl std::fmt::Debug for Prober {
 async fn probe_loop(
     index: usize,
     settings: ActiveHealth,
+    tls: ProbeTls,
     upstream: Upstream,
     endpoint: Weak<Endpoint>,
     events: Arc<Events>,
@@ -257,7 +268,7 @@ async fn probe_loop(
     tokio::time::sleep(Duration::from_nanos(below(interval_nanos / 4 + 1))).await;
     loop {
         let started = Instant::now();
-        let passed = probe(&settings, &upstream).await;
+        let passed = probe(&settings, tls.as_ref(), &upstream).await;
         let Some(endpoint) = endpoint.upgrade() else {
             return;
         };
@@ -281,30 +292,27 @@ async fn probe_loop(
 }
 
 /// One probe: `Ok` when it passed, else why not.
-async fn probe(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'static str> {
-    match tokio::time::timeout(settings.timeout, exchange(settings, upstream)).await {
+async fn probe(
+    settings: &ActiveHealth,
+    tls: Option<&ProbeTlsConfig>,
+    upstream: &Upstream,
+) -> Result<(), &'static str> {
+    match tokio::time::timeout(settings.timeout, exchange(settings, tls, upstream)).await {
         Ok(result) => result,
         Err(_) => Err("timeout"),
     }
 }
 
-async fn exchange(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'static str> {
-    let authority = upstream.authority();
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|_| "connect")?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, GatewayBody>(
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .map_err(|_| "connect")?;
-    let conn = tokio::spawn(conn);
+#[cfg(feature = "tls")]
+type ProbeTlsConfig = Arc<rustls::ClientConfig>;
+#[cfg(not(feature = "tls"))]
+type ProbeTlsConfig = std::convert::Infallible;
+
+async fn exchange(
+    settings: &ActiveHealth,
+    tls: Option<&ProbeTlsConfig>,
+    upstream: &Upstream,
+) -> Result<(), &'static str> {
     let target = Uri::try_from(settings.path.as_str()).map_err(|_| "path")?;
     let uri = upstream.uri_for(&target).ok_or("path")?;
     let path = uri
@@ -319,15 +327,77 @@ async fn exchange(settings: &ActiveHealth, upstream: &Upstream) -> Result<(), &'
         USER_AGENT,
         HeaderValue::from_static("tower-gateway-health-check"),
     );
-    let result = sender.send_request(req).await;
-    conn.abort();
-    let res = result.map_err(|_| "exchange")?;
-    let status: StatusCode = res.status();
+
+    let authority = upstream.authority();
+    let https = upstream.transport() == Transport::Https;
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|_| "connect")?;
+    let _ = stream.set_nodelay(true);
+    let status = match upstream.transport() {
+        Transport::H2c => send(stream, true, uri, req).await?,
+        #[cfg(feature = "tls")]
+        Transport::Https => {
+            let config = tls.ok_or("tls")?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| "tls")?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(|_| "tls")?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            send(stream, h2, uri, req).await?
+        }
+        _ => {
+            let _ = tls;
+            send(stream, false, uri, req).await?
+        }
+    };
     if settings.expect.contains(&status.as_u16()) {
         Ok(())
     } else {
         Err("status")
     }
+}
+
+/// Sends `req` on the connection `io`, in HTTP/2 (to `uri`) or HTTP/1.1.
+async fn send<IO>(
+    io: IO,
+    h2: bool,
+    uri: Uri,
+    mut req: Request<GatewayBody>,
+) -> Result<StatusCode, &'static str>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let result = if h2 {
+        // HTTP/2 takes the authority from the URI (`:authority`), not from `Host`.
+        req.headers_mut().remove(HOST);
+        *req.uri_mut() = uri;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|_| "connect")?;
+        let conn = tokio::spawn(conn);
+        let result = sender.send_request(req).await;
+        conn.abort();
+        result
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|_| "connect")?;
+        let conn = tokio::spawn(conn);
+        let result = sender.send_request(req).await;
+        conn.abort();
+        result
+    };
+    Ok(result.map_err(|_| "exchange")?.status())
 }
 
 #[cfg(test)]

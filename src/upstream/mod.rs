@@ -63,4 +63,4 @@ pub use pool::{
     PoolEventKind, PoolStatus, WhenNoneHealthy,
 };
 pub(crate) use pool::{Tried, with_tried};
-pub use url::{Upstream, UpstreamError};
+pub use url::{Transport, Upstream, UpstreamError};

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::balance::{Balance, Candidates, Mode, Policy, bit};
 use super::endpoint::{Change, Endpoint, EndpointState};
-use super::health::{ActiveHealth, PassiveHealth, Prober};
+use super::health::{ActiveHealth, PassiveHealth, ProbeTls, Prober};
 use super::url::{Upstream, UpstreamError};
 use crate::classify::{FailureClassifier, ResponseHead, SharedClassifier};
 use crate::extensions::RequestHead;
@@ -139,6 +139,8 @@ pub struct PoolBuilder {
     classifier: SharedClassifier,
     hooks: Vec<EventHook>,
     previous: Option<Pool>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -191,6 +193,11 @@ pub enum PoolError {
     /// Ejections whose cap is shorter than the first one.
     #[error("passive health: max_ejection must not be less than base_ejection")]
     EjectionBounds,
+    /// The TLS settings for the active checks of `https://` endpoints cannot be used.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error("active health check over TLS: {0}")]
+    Tls(crate::tls::TlsError),
 }
 
 impl PoolBuilder {
@@ -221,6 +228,8 @@ impl PoolBuilder {
             classifier: SharedClassifier::default(),
             hooks: Vec::new(),
             previous: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -241,6 +250,39 @@ impl PoolBuilder {
     pub fn active_health(mut self, active: impl Into<Option<ActiveHealth>>) -> Self {
         self.active = active.into();
         self
+    }
+
+    /// How the active checks reach `https://` endpoints (default: verified against the
+    /// system's roots, no client certificate). The [`ProxyClient`](crate::proxy::ProxyClient)
+    /// that forwards to the pool has TLS settings of its own
+    /// ([`ProxyClientBuilder::tls`](crate::proxy::ProxyClientBuilder::tls)): give both the
+    /// same. The gateway builder does.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: crate::tls::UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The client config the probes of `https://` endpoints use, made only when there are
+    /// any and active checks are on.
+    #[cfg(feature = "tls")]
+    fn probe_tls(&self, upstreams: &[Upstream]) -> Result<ProbeTls, PoolError> {
+        let https = upstreams
+            .iter()
+            .any(|u| u.transport() == super::url::Transport::Https);
+        if self.active.is_none() || !https {
+            return Ok(None);
+        }
+        let tls = self.tls.clone().unwrap_or_default();
+        let mut config = tls.client_config().map_err(PoolError::Tls)?;
+        config.alpn_protocols = tls.alpn();
+        Ok(Some(Arc::new(config)))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn probe_tls(&self, _upstreams: &[Upstream]) -> Result<ProbeTls, PoolError> {
+        Ok(None)
     }
 
     /// What happens when no endpoint is usable (default [`WhenNoneHealthy::Open`]).
@@ -342,6 +384,7 @@ impl PoolBuilder {
     /// once when a Tokio runtime is running, else at the first request.
     pub fn build(self) -> Result<Pool, PoolError> {
         let upstreams = self.checked()?;
+        let probe_tls = self.probe_tls(&upstreams)?;
         let old: HashMap<&str, &Slot> = self
             .previous
             .iter()
@@ -358,7 +401,7 @@ impl PoolBuilder {
             let prober = self
                 .active
                 .as_ref()
-                .map(|settings| Arc::new(Prober::new(settings.clone())));
+                .map(|settings| Arc::new(Prober::new(settings.clone(), probe_tls.clone())));
             if prober.is_none() && kept.is_some_and(|slot| slot.prober.is_some()) {
                 // The checks are off now: their verdict no longer holds.
                 endpoint.clear_probe_state();

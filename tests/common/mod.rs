@@ -5,6 +5,7 @@
 pub mod gauge;
 pub mod redis;
 pub mod switch;
+pub mod tls;
 pub mod upstream;
 
 use std::convert::Infallible;
