@@ -214,8 +214,10 @@ impl TlsInfo {
         &self.0.client_chain
     }
 
-    /// The subject common name of the client's verified certificate: the identity the
-    /// listener gives the request when it carries no other credential.
+    /// The name of the client's verified certificate: its subject common name (without a
+    /// usable one, its first DNS, e-mail or URI subject alternative name, else `serial:` and
+    /// its serial number in hex). The identity the listener gives the request when it
+    /// carries no other credential.
     pub fn client_name(&self) -> Option<&str> {
         self.0.client_name.as_deref()
     }

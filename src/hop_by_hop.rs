@@ -205,8 +205,16 @@ fn strip(
     let trailers = te_trailers
         && present & TE_BIT != 0
         && tokens(headers, &header::TE).any(|coding| {
-            let name = coding.split(|&b| b == b';').next().unwrap_or_default();
-            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+            let mut parts = coding.split(|&b| b == b';');
+            let name = parts.next().unwrap_or_default();
+            // `q=0` (or `0.000`) says "not acceptable".
+            let refused = parts.any(|param| {
+                let param = param.trim_ascii();
+                param.len() > 2
+                    && param[..2].eq_ignore_ascii_case(b"q=")
+                    && param[2..].iter().all(|&b| b == b'0' || b == b'.')
+            });
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers") && !refused
         });
     while present != 0 {
         let i = present.trailing_zeros() as usize;
@@ -422,6 +430,8 @@ mod tests {
             ("trailers", true),
             ("gzip, Trailers", true),
             ("deflate;q=0.5,trailers;q=1", true),
+            ("trailers;q=0", false),
+            ("trailers; q=0.000, gzip", false),
             ("gzip", false),
             ("trailersx", false),
         ] {

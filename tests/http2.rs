@@ -206,6 +206,24 @@ where
     }
     let answer = conn.send(many.body(none()).unwrap()).await.unwrap();
     assert_eq!(answer.status, 431);
+    // Cookies split one field each (as HTTP/2 clients do) are one field again, for the
+    // layers and for an HTTP/1.1 upstream (RFC 9113 §8.2.3).
+    let mut crumbs = get(base, "/api/echo");
+    for i in 0..120 {
+        crumbs = crumbs.header("cookie", format!("c{i}=v"));
+    }
+    let answer = conn.send(crumbs.body(none()).unwrap()).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let cookie = &answer.json()["headers"]["cookie"];
+    let joined = (0..120)
+        .map(|i| format!("c{i}=v"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert_eq!(
+        cookie,
+        &serde_json::json!([joined]),
+        "one cookie field upstream"
+    );
     // ... and a header block over 64 KiB.
     let big = get(base, "/api/echo")
         .header("x-big", "a".repeat(70 * 1024))

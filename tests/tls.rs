@@ -237,7 +237,7 @@ async fn sessions_resume_over_tls_1_3_and_1_2_also_after_a_reload() {
     )
     .await;
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let config = resuming_client_config(&pki, version);
+        let config = resuming_client_config(&pki, version, None);
         let mut kinds = Vec::new();
         for _ in 0..3 {
             let stream = tls_connect(addr, "localhost", config.clone())
@@ -364,6 +364,66 @@ async fn client_certificates_are_required_and_their_name_is_the_rate_limit_ident
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_verified_again_so_a_ca_taken_out_locks_its_clients_out() {
+    let pki = Pki::new();
+    let server = pki.server("server", &["localhost"]);
+    // The client CA file: this PKI's CA, and then another's.
+    let ca_file = pki.dir.join("clients.pem");
+    std::fs::copy(pki.ca_path(), &ca_file).unwrap();
+    let tls = ServerTls::builder(&server.cert, &server.key)
+        .client_ca(&ca_file)
+        .build()
+        .unwrap();
+    let upstream = echo_upstream(Speaks::Http1, None).await;
+    let addr = serve_tls(
+        Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
+        tls.clone(),
+    )
+    .await;
+    let alice = pki.client("alice", "alice");
+    let url = format!("https://localhost:{}/api/echo", addr.port());
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        std::fs::copy(pki.ca_path(), &ca_file).unwrap();
+        tls.reload().unwrap();
+        let config = resuming_client_config(&pki, version, Some(&alice));
+        // A full handshake, then a resumed one: both served.
+        for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+            let stream = tls_connect(addr, "localhost", config.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                stream.get_ref().1.handshake_kind(),
+                Some(kind),
+                "{version:?}"
+            );
+            let mut conn = Conn::open(stream, false).await;
+            let answer = conn.get(&url).await;
+            assert_eq!(answer.status, 200, "{version:?} {kind:?}");
+        }
+        // The CA is replaced by another: the session alice resumes is refused.
+        let other = Pki::new();
+        std::fs::copy(other.ca_path(), &ca_file).unwrap();
+        tls.reload().unwrap();
+        let stream = tls_connect(addr, "localhost", config.clone()).await;
+        let refused = match stream {
+            Err(_) => true,
+            Ok(stream) => {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await {
+                    Err(_) => true,
+                    Ok((mut send, conn)) => {
+                        tokio::spawn(conn);
+                        let req = Request::get(url.as_str()).body(Full::default()).unwrap();
+                        send.send_request(req).await.is_err()
+                    }
+                }
+            }
+        };
+        assert!(refused, "{version:?}: a resumed session outlived its CA");
+    }
 }
 
 #[tokio::test]

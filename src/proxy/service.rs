@@ -40,17 +40,18 @@ pub struct ProxyClient<B> {
     clients: Arc<Clients<B>>,
 }
 
-/// The connector of `http://` and `https://` upstreams.
+/// The connector of `https://` upstreams.
 #[cfg(feature = "tls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-#[cfg(not(feature = "tls"))]
-type Connector = HttpConnector;
+type TlsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 struct Clients<B> {
-    /// `http://` and `https://`: one per HTTP/2 connection allowed to an upstream (an
-    /// HTTP/1.1 upstream always gets the first, whose pool keeps as many as it needs).
-    http: Box<[Client<Connector, SentBody<B>>]>,
-    /// `h2c://`: likewise.
+    /// `http://`: its pool keeps as many HTTP/1.1 connections as it needs.
+    http: Client<HttpConnector, SentBody<B>>,
+    /// `https://`: one per HTTP/2 connection allowed to an upstream (HTTP/2 or HTTP/1.1 as
+    /// ALPN decides; an HTTP/1.1 upstream's connections are spread over them too).
+    #[cfg(feature = "tls")]
+    https: Box<[Client<TlsConnector, SentBody<B>>]>,
+    /// `h2c://`: one per HTTP/2 connection allowed to an upstream.
     h2c: Box<[Client<HttpConnector, SentBody<B>>]>,
     /// Spreads HTTP/2 requests over the clients.
     next: AtomicUsize,
@@ -65,8 +66,12 @@ where
     #[inline]
     fn request(&self, transport: Transport, req: Request<SentBody<B>>) -> ClientFuture {
         match transport {
-            Transport::Http => self.http[0].request(req),
-            Transport::Https => self.http[self.lane(self.http.len())].request(req),
+            Transport::Http => self.http.request(req),
+            #[cfg(feature = "tls")]
+            Transport::Https => self.https[self.lane(self.https.len())].request(req),
+            // Without `tls` no `https://` upstream parses.
+            #[cfg(not(feature = "tls"))]
+            Transport::Https => self.http.request(req),
             _ => self.h2c[self.lane(self.h2c.len())].request(req),
         }
     }
@@ -256,28 +261,24 @@ impl ProxyClientBuilder {
                 .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE.1);
             builder
         };
-        let http = (0..lanes)
-            .map(|_| pooled().build(self.http_connector()))
-            .collect();
         let h2c = (0..lanes)
             .map(|_| pooled().http2_only(true).build(self.connector()))
             .collect();
         ProxyClient {
             clients: Arc::new(Clients {
-                http,
+                http: pooled().build(self.connector()),
+                #[cfg(feature = "tls")]
+                https: (0..lanes)
+                    .map(|_| pooled().build(self.tls_connector()))
+                    .collect(),
                 h2c,
                 next: AtomicUsize::new(0),
             }),
         }
     }
 
-    #[cfg(not(feature = "tls"))]
-    fn http_connector(&self) -> Connector {
-        self.connector()
-    }
-
     #[cfg(feature = "tls")]
-    fn http_connector(&self) -> Connector {
+    fn tls_connector(&self) -> TlsConnector {
         let mut http = self.connector();
         http.enforce_http(false);
         let (config, http2) = match &self.tls {
@@ -293,7 +294,7 @@ impl ProxyClientBuilder {
         };
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
-            .https_or_http();
+            .https_only();
         if http2 {
             builder.enable_all_versions().wrap_connector(http)
         } else {

@@ -552,18 +552,17 @@ where
         let in_flight = Some(InFlight::enter(&self.shared));
         if req.version() == Version::HTTP_2 {
             self.shared.set_http2();
+            // A client may split `cookie` into one field per cookie; they are joined into
+            // one before the request goes on, to layers and upstreams that may speak
+            // HTTP/1.1 (RFC 9113 §8.2.3).
+            join_cookies(req.headers_mut());
             // hyper's HTTP/1 parser counts header fields; HTTP/2's frames only bound their
             // size (SETTINGS_MAX_HEADER_LIST_SIZE), so the count is checked here.
             if req.headers().len() > self.max_headers {
-                let mut res = Response::new(ServedBody {
-                    inner: None,
-                    _in_flight: None,
-                });
-                *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                 return ServedFuture {
                     in_flight,
                     inner: None,
-                    answer: Some(res),
+                    answer: Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
                 };
             }
         }
@@ -589,13 +588,28 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         in_flight: Option<InFlight>,
-        answer: Option<Response<ServedBody<Never>>>,
+        answer: Option<StatusCode>,
     }
 }
 
-/// The body type of the server's own answers, which have none.
-#[derive(Debug)]
-pub(super) enum Never {}
+/// Joins several `cookie` fields into one, separated by `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for cookie in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    // Joined valid values with `; ` are a valid value.
+    if let Ok(value) = http::HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, value);
+    }
+}
 
 impl<F, B, E> Future for ServedFuture<F>
 where
@@ -607,11 +621,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            let answer = this.answer.take().expect("polled after completion");
-            return Poll::Ready(Ok(answer.map(|_| ServedBody {
+            let status = this.answer.take().expect("polled after completion");
+            let mut res = Response::new(ServedBody {
                 inner: None,
                 _in_flight: this.in_flight.take(),
-            })));
+            });
+            *res.status_mut() = status;
+            return Poll::Ready(Ok(res));
         };
         let res = match inner.poll(cx) {
             Poll::Ready(Ok(res)) => res,

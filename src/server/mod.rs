@@ -25,10 +25,13 @@
 //!   one timer would close it after the header-read timeout); over HTTP/2 the clock runs
 //!   from the end of the last stream, pings and settings notwithstanding;
 //! - HTTP/2 limits: at most [128 streams](Server::http2_max_concurrent_streams) open per
-//!   connection (more are refused with `REFUSED_STREAM`, which clients retry), a
+//!   connection (more are refused with `REFUSED_STREAM`, which clients retry), at most
+//!   64 KiB of a response queued per stream for a client that does not read, a
 //!   [keep-alive ping](Server::http2_keep_alive) every 20 s that must be answered within
-//!   20 s, and the h2 crate's own guards (flow-control windows, reset-flood limits, a bound
-//!   on `CONTINUATION` frames);
+//!   20 s, an idle connection closed with a GOAWAY (and cut an idle timeout later if the
+//!   client holds on), `cookie` fields joined into one (RFC 9113 §8.2.3), and the h2 crate's
+//!   own guards (flow-control windows, reset-flood limits, a bound on `CONTINUATION`
+//!   frames);
 //! - keep-alive is on, and HTTP/1.1 upgrades (WebSocket) are supported;
 //! - every request gets the client's address as a [`PeerAddr`] extension.
 //!
@@ -91,7 +94,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -372,7 +375,10 @@ impl Protocols {
             .max_concurrent_streams(h2.max_concurrent_streams)
             .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(h2.keep_alive_interval)
-            .keep_alive_timeout(h2.keep_alive_timeout);
+            .keep_alive_timeout(h2.keep_alive_timeout)
+            // What a stream may queue for a client that does not read (hyper's default is
+            // 400 KiB, times 128 streams): like one HTTP/1.1 response's worth.
+            .max_send_buf_size(HTTP2_SEND_BUFFER);
         Self {
             http1,
             http2,
@@ -381,16 +387,20 @@ impl Protocols {
     }
 }
 
+/// The most a stream's response may queue for the client before it waits (per stream).
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+
 /// The client preface every HTTP/2 connection begins with (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the plaintext connection `stream` begins with the HTTP/2 preface, by peeking at
 /// its first bytes (nothing is consumed, so hyper reads them as if no one had looked). An
 /// HTTP/1.1 request line differs from it by its second byte at the latest; a client that
-/// sends a part of the preface and stops is looked at again every few milliseconds until
-/// the caller's deadline.
+/// sends a part of the preface and stops is looked at again after 5 ms, then twice as long
+/// each time (at most a second), until the caller's deadline.
 async fn is_http2(stream: &TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(5);
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 || buf[..n] != PREFACE[..n] {
@@ -399,8 +409,11 @@ async fn is_http2(stream: &TcpStream) -> io::Result<bool> {
         if n == PREFACE.len() {
             return Ok(true);
         }
-        // The bytes that came stay readable, so the socket reads as ready at once.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The bytes that came stay readable, so the socket reads as ready at once: look
+        // again later, less and less often (a preface cut in two is rare; one that stalls
+        // is a client wasting the header-read timeout, and gets few wake-ups for it).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -602,13 +615,14 @@ async fn serve_io<I, S, B>(
                     .http1
                     .serve_connection(io, service)
                     .with_upgrades();
-                drive(conn, &shared, &mut drain, &mut drained)
+                drive(conn, None, &mut drain, &mut drained)
                     .await
                     .map_err(Into::into)
             }
             Protocol::Http2 => {
                 let conn = protocols.http2.serve_connection(io, service);
-                drive(conn, &shared, &mut drain, &mut drained)
+                let idle = (&shared.idle_close, settings.clocks.idle);
+                drive(conn, Some(idle), &mut drain, &mut drained)
                     .await
                     .map_err(Into::into)
             }
@@ -647,9 +661,12 @@ async fn serve_io<I, S, B>(
 /// after its requests in flight (noting the drain's deadline in `drained`).
 /// An HTTP/2 connection idle for its timeout is closed the same way (a GOAWAY, then the
 /// close once no stream is left).
+/// `idle` (HTTP/2 only) is the connection's idle signal and how long a client may then take
+/// to let go: one that keeps the connection after the GOAWAY (not answering its ping, say)
+/// is cut after that.
 async fn drive<C, E>(
     conn: C,
-    shared: &Shared,
+    idle: Option<(&Notify, Duration)>,
     drain: &mut oneshot::Receiver<Instant>,
     drained: &mut Option<Instant>,
 ) -> Result<(), E>
@@ -657,6 +674,10 @@ where
     C: Future<Output = Result<(), E>> + GracefulShutdown,
 {
     tokio::pin!(conn);
+    let (idle, grace) = match idle {
+        Some((notify, grace)) => (Some(notify), grace),
+        None => (None, Duration::ZERO),
+    };
     tokio::select! {
         biased;
         result = conn.as_mut() => result,
@@ -665,9 +686,10 @@ where
             conn.as_mut().shutdown_gracefully();
             conn.await
         }
-        () = shared.idle_close.notified() => {
+        () = async { idle.expect("the branch runs with a signal").notified().await }, if idle.is_some() => {
             conn.as_mut().shutdown_gracefully();
-            conn.await
+            // Cut when the time is up: dropping the connection closes the socket.
+            tokio::time::timeout(grace, conn).await.unwrap_or(Ok(()))
         }
     }
 }

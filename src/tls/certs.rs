@@ -117,9 +117,74 @@ pub(super) fn describe(path: &Path, der: &CertificateDer<'_>) -> Result<Certific
     })
 }
 
-/// The subject common name of the certificate `der`, if it parses and has one.
+/// The subject common name of the certificate `der`, if it parses and has a non-empty one
+/// (the first, should it have several).
 pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let name = cert.subject().iter_common_name().next()?;
-    name.as_str().ok().map(str::to_owned)
+    name.as_str()
+        .ok()
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
+/// The name a verified client certificate stands for: its subject common name; without a
+/// usable one, its first DNS, e-mail or URI subject alternative name; else `serial:` and its
+/// serial number in hex (unique under its CA). `None` only for a certificate that does not
+/// parse.
+pub(crate) fn client_name(der: &[u8]) -> Option<String> {
+    if let Some(name) = common_name(der) {
+        return Some(name);
+    }
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        let alternative = san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::DNSName(name) | GeneralName::RFC822Name(name) | GeneralName::URI(name)
+                if !name.is_empty() =>
+            {
+                Some((*name).to_owned())
+            }
+            _ => None,
+        });
+        if alternative.is_some() {
+            return alternative;
+        }
+    }
+    Some(format!(
+        "serial:{}",
+        cert.raw_serial_as_string().replace(':', "")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(params: rcgen::CertificateParams) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_client_is_named_by_its_common_name_else_an_alternative_name_else_its_serial() {
+        let mut named = rcgen::CertificateParams::new(vec!["svc.example.test".to_owned()]).unwrap();
+        named
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        assert_eq!(client_name(&cert(named)).as_deref(), Some("alice"));
+
+        let mut empty = rcgen::CertificateParams::new(vec!["svc.example.test".to_owned()]).unwrap();
+        empty.distinguished_name = rcgen::DistinguishedName::new();
+        empty.distinguished_name.push(rcgen::DnType::CommonName, "");
+        assert_eq!(
+            client_name(&cert(empty)).as_deref(),
+            Some("svc.example.test")
+        );
+
+        let mut bare = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        bare.distinguished_name = rcgen::DistinguishedName::new();
+        bare.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc]));
+        assert_eq!(client_name(&cert(bare)).as_deref(), Some("serial:0abc"));
+        assert_eq!(client_name(b"junk"), None);
+    }
 }

@@ -11,13 +11,17 @@
 //! [`certificate`](ServerTlsBuilder::certificate) adds more, each served to clients whose SNI
 //! names one of its DNS names (wildcards `*.example.com` match one label). The listener
 //! speaks TLS 1.3 and 1.2 only, offers ALPN `h2` and `http/1.1`, and resumes sessions (TLS
-//! 1.3 tickets, a session cache for 1.2), also across reloads.
+//! 1.3 tickets, a session cache for 1.2), also across reloads: a resumed session's client
+//! certificate is verified again, against the CA and the clock of now, so taking a CA out
+//! locks its clients out at their next connection.
 //!
 //! [`client_ca`](ServerTlsBuilder::client_ca) makes the listener ask for a client
 //! certificate and verify it against that CA bundle: a connection without a valid one fails
 //! its handshake. A verified certificate reaches every request of its connection as a
 //! [`TlsInfo`](crate::extensions::TlsInfo), whose
-//! [`client_name`](crate::extensions::TlsInfo::client_name) (the subject's common name) the
+//! [`client_name`](crate::extensions::TlsInfo::client_name) (the subject's common name;
+//! without one, the first DNS, e-mail or URI subject alternative name, else `serial:` and the
+//! serial number in hex) the
 //! [`Server`](crate::server::Server) also makes the request's
 //! [`Identity`](crate::extensions::Identity).
 //!

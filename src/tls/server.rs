@@ -11,12 +11,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{
     ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
     StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{ProtocolVersion, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::certs::{self, CertificateInfo};
@@ -151,6 +153,8 @@ struct Shared {
 struct Loaded {
     config: Arc<ServerConfig>,
     certificates: Vec<CertificateInfo>,
+    /// The client certificate verifier, with `client_ca`.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -185,7 +189,16 @@ impl ServerTls {
     {
         let config = Arc::clone(&self.shared.current.load().config);
         let stream = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
-        let info = session_info(stream.get_ref().1);
+        let conn = stream.get_ref().1;
+        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            // A resumed session brings the client certificate it was verified with, maybe
+            // under a CA that is no longer trusted, or since expired: verified again, by the
+            // certificates and the clock of now.
+            if let Some(verifier) = &self.shared.current.load().verifier {
+                verify_again(verifier.as_ref(), conn)?;
+            }
+        }
+        let info = session_info(conn);
         Ok((stream, info))
     }
 
@@ -328,6 +341,7 @@ fn load(
     let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|error| TlsError::Settings(error.to_string()))?;
+    let mut client_verifier = None;
     let builder = match &settings.client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
@@ -345,6 +359,7 @@ fn load(
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
                     .build()
                     .map_err(|error| ca_error(error.to_string()))?;
+            client_verifier = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -355,6 +370,7 @@ fn load(
     Ok(Loaded {
         config: Arc::new(config),
         certificates,
+        verifier: client_verifier,
     })
 }
 
@@ -401,6 +417,24 @@ impl ResolvesServerCert for BySni {
     }
 }
 
+/// Verifies the client certificate of a resumed session as a new handshake would.
+fn verify_again(verifier: &dyn ClientCertVerifier, conn: &ServerConnection) -> io::Result<()> {
+    let refused = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("resumed session refused: {why}"),
+        )
+    };
+    let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first())
+    else {
+        return Err(refused("no client certificate".to_owned()));
+    };
+    verifier
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map(drop)
+        .map_err(|error| refused(error.to_string()))
+}
+
 /// What a finished handshake negotiated, for the requests of its connection.
 fn session_info(conn: &ServerConnection) -> TlsInfo {
     let version = match conn.protocol_version() {
@@ -416,7 +450,7 @@ fn session_info(conn: &ServerConnection) -> TlsInfo {
         info = info.with_alpn(protocol);
     }
     if let Some(chain) = conn.peer_certificates().filter(|chain| !chain.is_empty()) {
-        let name = certs::common_name(chain[0].as_ref()).map(String::into_boxed_str);
+        let name = certs::client_name(chain[0].as_ref()).map(String::into_boxed_str);
         let chain: Box<[Bytes]> = chain
             .iter()
             .map(|cert| Bytes::copy_from_slice(cert.as_ref()))

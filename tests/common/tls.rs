@@ -147,12 +147,23 @@ pub fn client_config(pki: &Pki, client: Option<&Issued>, alpn: &[&[u8]]) -> Arc<
 pub fn resuming_client_config(
     pki: &Pki,
     version: &'static rustls::SupportedProtocolVersion,
+    client: Option<&Issued>,
 ) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[version])
         .unwrap()
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
+        .with_root_certificates(pki.roots());
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(issued) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
