@@ -44,13 +44,21 @@ pub struct ProxyClient<B> {
 #[cfg(feature = "tls")]
 type TlsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// The clients of `https://` upstreams, one per HTTP/2 connection allowed.
+#[cfg(feature = "tls")]
+type TlsClients<B> = Box<[Client<TlsConnector, SentBody<B>>]>;
+
 struct Clients<B> {
     /// `http://`: its pool keeps as many HTTP/1.1 connections as it needs.
     http: Client<HttpConnector, SentBody<B>>,
     /// `https://`: one per HTTP/2 connection allowed to an upstream (HTTP/2 or HTTP/1.1 as
-    /// ALPN decides; an HTTP/1.1 upstream's connections are spread over them too).
+    /// ALPN decides; an HTTP/1.1 upstream's connections are spread over them too). Made at
+    /// the first `https://` request: without one, the system's roots are never read.
     #[cfg(feature = "tls")]
-    https: Box<[Client<TlsConnector, SentBody<B>>]>,
+    https: std::sync::OnceLock<TlsClients<B>>,
+    /// What the `https://` clients are made with.
+    #[cfg(feature = "tls")]
+    settings: ProxyClientBuilder,
     /// `h2c://`: one per HTTP/2 connection allowed to an upstream.
     h2c: Box<[Client<HttpConnector, SentBody<B>>]>,
     /// Spreads HTTP/2 requests over the clients.
@@ -68,7 +76,10 @@ where
         match transport {
             Transport::Http => self.http.request(req),
             #[cfg(feature = "tls")]
-            Transport::Https => self.https[self.lane(self.https.len())].request(req),
+            Transport::Https => {
+                let https = self.https.get_or_init(|| self.settings.https_clients());
+                https[self.lane(https.len())].request(req)
+            }
             // Without `tls` no `https://` upstream parses.
             #[cfg(not(feature = "tls"))]
             Transport::Https => self.http.request(req),
@@ -249,32 +260,46 @@ impl ProxyClientBuilder {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let lanes = self.http2_connections.get();
-        let pooled = || {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(self.idle_timeout)
-                .pool_max_idle_per_host(self.max_idle_per_host)
-                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE.0)
-                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE.1);
-            builder
-        };
-        let h2c = (0..lanes)
-            .map(|_| pooled().http2_only(true).build(self.connector()))
+        let h2c = (0..self.http2_connections.get())
+            .map(|_| self.pooled().http2_only(true).build(self.connector()))
             .collect();
         ProxyClient {
             clients: Arc::new(Clients {
-                http: pooled().build(self.connector()),
+                http: self.pooled().build(self.connector()),
                 #[cfg(feature = "tls")]
-                https: (0..lanes)
-                    .map(|_| pooled().build(self.tls_connector()))
-                    .collect(),
+                https: std::sync::OnceLock::new(),
+                #[cfg(feature = "tls")]
+                settings: self.clone(),
                 h2c,
                 next: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// A pooled client's settings.
+    fn pooled(&self) -> hyper_util::client::legacy::Builder {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(self.max_idle_per_host)
+            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE.0)
+            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE.1);
+        builder
+    }
+
+    /// The clients of `https://` upstreams, one per HTTP/2 connection allowed.
+    #[cfg(feature = "tls")]
+    fn https_clients<B>(&self) -> TlsClients<B>
+    where
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        (0..self.http2_connections.get())
+            .map(|_| self.pooled().build(self.tls_connector()))
+            .collect()
     }
 
     #[cfg(feature = "tls")]
