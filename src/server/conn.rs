@@ -283,7 +283,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ConnIo<I> {
                     // the connection's task sends it. The clock looks again an idle timeout
                     // later, should the client keep the connection.
                     self.shared.idle_close.notify_one();
-                    self.timer.as_mut().reset(later(now, self.clocks.idle));
+                    let again = self.clocks.idle.max(TIMER_RESOLUTION);
+                    self.timer.as_mut().reset(later(now, again));
                     continue;
                 }
                 return Some(if is_error {
