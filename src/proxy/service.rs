@@ -237,13 +237,6 @@ impl ProxyClientBuilder {
         Ok(self)
     }
 
-    /// The TLS settings given with [`tls`](Self::tls), if any.
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls_settings(&self) -> Option<&crate::tls::UpstreamTls> {
-        self.tls.as_ref().map(|(tls, _)| tls)
-    }
-
     fn connector(&self) -> HttpConnector {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

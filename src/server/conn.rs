@@ -89,7 +89,7 @@ impl Shared {
         }
     }
 
-    /// Marks the connection as HTTP/2 (ALPN said so, or its first request was).
+    /// Marks the connection as HTTP/2 (ALPN or its first bytes said so), before it is served.
     pub(super) fn set_http2(&self) {
         self.http2.store(true, Ordering::Relaxed);
     }
@@ -552,7 +552,6 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = Some(InFlight::enter(&self.shared));
         if req.version() == Version::HTTP_2 {
-            self.shared.set_http2();
             // A client may split `cookie` into one field per cookie; they are joined into
             // one before the request goes on, to layers and upstreams that may speak
             // HTTP/1.1 (RFC 9113 §8.2.3).

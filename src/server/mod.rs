@@ -243,9 +243,9 @@ impl Server {
         self
     }
 
-    /// Whether a verified client certificate's subject common name becomes the
-    /// [`Identity`] of each request of its connection (default
-    /// `true`), for the rate limiter to key on; an authentication layer further in may
+    /// Whether a verified client certificate's name ([`TlsInfo::client_name`]) becomes the
+    /// [`Identity`] of each request of its connection (default `true`), for the rate limiter
+    /// to key on; an authentication layer further in may
     /// replace it with a credential's.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
@@ -659,11 +659,11 @@ async fn serve_io<I, S, B>(
 
 /// Runs a hyper connection to its end; when the drain signal comes first, asks it to close
 /// after its requests in flight (noting the drain's deadline in `drained`).
-/// An HTTP/2 connection idle for its timeout is closed the same way (a GOAWAY, then the
-/// close once no stream is left).
+///
 /// `idle` (HTTP/2 only) is the connection's idle signal and how long a client may then take
-/// to let go: one that keeps the connection after the GOAWAY (not answering its ping, say)
-/// is cut after that.
+/// to let go: an idle connection is closed the same way (a GOAWAY, then the close once no
+/// stream is left), and one whose client holds on after the GOAWAY (not answering its
+/// ping, say) is cut when that time is up.
 async fn drive<C, E>(
     conn: C,
     idle: Option<(&Notify, Duration)>,

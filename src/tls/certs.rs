@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -51,6 +52,23 @@ pub(super) fn certificates(
         return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(chain)
+}
+
+/// A root store of the CA certificates in the PEM file `path`, whose contents are `pem`; a
+/// certificate that cannot be a trust anchor is refused with the error `unusable` makes of
+/// what is wrong with it.
+pub(super) fn root_store(
+    path: &Path,
+    pem: &[u8],
+    unusable: impl Fn(String) -> TlsError,
+) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(path, pem)? {
+        roots
+            .add(cert)
+            .map_err(|error| unusable(format!("not a usable CA certificate: {error}")))?;
+    }
+    Ok(roots)
 }
 
 /// The (first) private key in the PEM file `path`, whose contents are `pem`: PKCS #8, PKCS #1

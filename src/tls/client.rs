@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::certs;
-use super::{TlsError, provider};
+use super::{TlsError, VERSIONS, provider};
 
 /// How `https://` upstreams are spoken to: verified against the system's root certificates
 /// or a CA bundle of your own, with an optional client certificate (for an upstream that
@@ -65,19 +65,16 @@ impl UpstreamTls {
         let provider = provider();
         let roots = match &self.ca {
             Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in certs::certificates(path, &certs::read(path)?)? {
-                    roots.add(cert).map_err(|error| TlsError::Pem {
-                        path: path.clone(),
-                        detail: format!("not a usable CA certificate: {error}"),
-                    })?;
-                }
-                Arc::new(roots)
+                let unusable = |detail| TlsError::Pem {
+                    path: path.clone(),
+                    detail,
+                };
+                Arc::new(certs::root_store(path, &certs::read(path)?, unusable)?)
             }
             None => system_roots()?,
         };
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(VERSIONS)
             .map_err(|error| TlsError::Settings(error.to_string()))?
             .with_root_certificates(roots);
         let config = match &self.client {
@@ -117,7 +114,7 @@ impl UpstreamTls {
     /// for `https://` upstreams when the system has no roots and no CA was given.
     pub(crate) fn no_roots_config() -> ClientConfig {
         ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(VERSIONS)
             .expect("aws-lc-rs supports TLS 1.2 and 1.3")
             .with_root_certificates(RootCertStore::empty())
             .with_no_client_auth()

@@ -133,6 +133,10 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())))
 }
 
+/// The protocol versions spoken, both ways: TLS 1.3 and 1.2 only.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
 /// The protocols offered by ALPN, best first.
 fn alpn(http2: bool) -> Vec<Vec<u8>> {
     if http2 {

@@ -18,11 +18,11 @@ use rustls::server::{
     StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::certs::{self, CertificateInfo};
-use super::{TlsError, alpn, provider};
+use super::{TlsError, VERSIONS, alpn, provider};
 use crate::extensions::TlsInfo;
 
 /// A TLS stream the listener accepted (tokio-rustls' server stream).
@@ -339,7 +339,7 @@ fn load(
         certificates.push(info);
     }
     let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(VERSIONS)
         .map_err(|error| TlsError::Settings(error.to_string()))?;
     let mut client_verifier = None;
     let builder = match &settings.client_ca {
@@ -349,12 +349,7 @@ fn load(
                 path: path.clone(),
                 detail,
             };
-            let mut roots = RootCertStore::empty();
-            for cert in certs::certificates(path, files.get(path)?)? {
-                roots
-                    .add(cert)
-                    .map_err(|error| ca_error(format!("not a usable CA certificate: {error}")))?;
-            }
+            let roots = certs::root_store(path, files.get(path)?, ca_error)?;
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
                     .build()

@@ -184,11 +184,13 @@ pub(super) struct Prober {
 }
 
 /// How probes speak TLS to `https://` endpoints (`None` when the pool has none).
+pub(super) type ProbeTls = Option<ProbeTlsConfig>;
+
 #[cfg(feature = "tls")]
-pub(super) type ProbeTls = Option<Arc<rustls::ClientConfig>>;
+type ProbeTlsConfig = Arc<rustls::ClientConfig>;
 /// Without the `tls` feature there are no `https://` endpoints.
 #[cfg(not(feature = "tls"))]
-pub(super) type ProbeTls = Option<std::convert::Infallible>;
+type ProbeTlsConfig = std::convert::Infallible;
 
 impl Prober {
     pub(super) fn new(settings: ActiveHealth, tls: ProbeTls) -> Self {
@@ -302,11 +304,6 @@ async fn probe(
         Err(_) => Err("timeout"),
     }
 }
-
-#[cfg(feature = "tls")]
-type ProbeTlsConfig = Arc<rustls::ClientConfig>;
-#[cfg(not(feature = "tls"))]
-type ProbeTlsConfig = std::convert::Infallible;
 
 async fn exchange(
     settings: &ActiveHealth,
