@@ -22,7 +22,6 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tower_gateway::builder::{Gateway, Route};
-use tower_gateway::server::Server;
 use tower_gateway::tls::ServerTls;
 
 use common::tls::{Pki, client_config, tls_connect};
@@ -162,21 +161,14 @@ async fn start(tls: Option<ServerTls>) -> SocketAddr {
         tonic::transport::Server::builder()
             .serve_with_incoming(Echo, tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let gateway = Gateway::builder()
-        .route(
+    common::tls::serve_gateway(
+        Gateway::builder().route(
             "/test.Echo",
             Route::to([format!("h2c://{upstream}")]).strip_prefix(false),
-        )
-        .build()
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut server = Server::new();
-    if let Some(tls) = tls {
-        server = server.tls(tls);
-    }
-    tokio::spawn(server.serve(listener, gateway, std::future::pending()));
-    addr
+        ),
+        tls,
+    )
+    .await
 }
 
 async fn calls(channel: tonic::transport::Channel) {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use tower_gateway::rate_limit::Quota;
 use tower_gateway::server::Server;
 use tower_gateway::tls::ServerTls;
 
-use common::tls::{Answer, Conn, Pki, client_config, tls_connect};
+use common::tls::{Answer, Conn, Pki, client_config, serve_gateway, tls_connect};
 
 const KEY: &str = "h2-key";
 
@@ -56,18 +55,6 @@ async fn gateway() -> GatewayBuilder {
                 Duration::from_secs(60),
             ),
         )
-}
-
-async fn serve(builder: GatewayBuilder, tls: Option<ServerTls>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let gateway = builder.build().unwrap();
-    let mut server = Server::new();
-    if let Some(tls) = tls {
-        server = server.tls(tls);
-    }
-    tokio::spawn(server.serve(listener, gateway, std::future::pending()));
-    addr
 }
 
 fn get(base: &str, path: &str) -> http::request::Builder {
@@ -271,7 +258,7 @@ where
 
 #[tokio::test]
 async fn every_answer_of_the_contract_holds_over_h2c() {
-    let addr = serve(gateway().await, None).await;
+    let addr = serve_gateway(gateway().await, None).await;
     let base = format!("http://127.0.0.1:{}", addr.port());
     every_answer(&base, || async move {
         Conn::open(TcpStream::connect(addr).await.unwrap(), true).await
@@ -286,7 +273,7 @@ async fn every_answer_of_the_contract_holds_over_h2_on_tls() {
     let tls = ServerTls::builder(&server.cert, &server.key)
         .build()
         .unwrap();
-    let addr = serve(gateway().await, Some(tls)).await;
+    let addr = serve_gateway(gateway().await, Some(tls)).await;
     let base = format!("https://localhost:{}", addr.port());
     let config = client_config(&pki, None, &[b"h2"]);
     every_answer(&base, || {
@@ -303,7 +290,7 @@ async fn every_answer_of_the_contract_holds_over_h2_on_tls() {
 async fn http1_and_h2c_share_a_plaintext_listener_and_h2c_can_be_turned_off() {
     let (upstream, record) = common::upstream::start(false).await;
     let builder = || Gateway::builder().route("/api", Route::to([format!("http://{upstream}")]));
-    let addr = serve(builder(), None).await;
+    let addr = serve_gateway(builder(), None).await;
     let base = format!("http://127.0.0.1:{}", addr.port());
     for h2 in [false, true, false, true] {
         let mut conn = Conn::open(TcpStream::connect(addr).await.unwrap(), h2).await;
@@ -381,7 +368,7 @@ async fn trailers_and_te_trailers_pass_through_h2c_to_an_h2c_upstream() {
             });
         }
     });
-    let addr = serve(
+    let addr = serve_gateway(
         Gateway::builder().route("/grpc", Route::to([format!("h2c://{upstream}")])),
         None,
     )

@@ -11,11 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tokio::net::TcpListener;
 use tower_gateway::api_key::KeySet;
 use tower_gateway::builder::{Gateway, GatewayBuilder, Route};
 use tower_gateway::rate_limit::Quota;
-use tower_gateway::server::Server;
 use tower_gateway::tls::{ServerTls, TlsError, UpstreamTls};
 
 use common::tls::{
@@ -23,17 +21,9 @@ use common::tls::{
     resuming_client_config, server_config, tls_connect,
 };
 
-/// Serves `gateway` with `tls` on a fresh loopback port.
-async fn serve_tls(builder: GatewayBuilder, tls: ServerTls) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let gateway = builder.build().unwrap();
-    tokio::spawn(
-        Server::new()
-            .tls(tls)
-            .serve(listener, gateway, std::future::pending()),
-    );
-    addr
+/// Serves `builder`'s gateway over TLS with `tls`.
+async fn serve_gateway_tls(builder: GatewayBuilder, tls: ServerTls) -> SocketAddr {
+    common::tls::serve_gateway(builder, Some(tls)).await
 }
 
 async fn https_conn(addr: SocketAddr, pki: &Pki, h2: bool) -> Conn {
@@ -54,7 +44,7 @@ async fn https_through_the_gateway_over_http1_and_http2_tells_the_upstream_it_wa
     let tls = ServerTls::builder(&server.cert, &server.key)
         .build()
         .unwrap();
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
         tls,
     )
@@ -123,7 +113,7 @@ async fn sni_picks_the_certificate_that_names_the_host_and_the_default_otherwise
         .unwrap();
     assert_eq!(tls.certificates().len(), 3);
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
         tls,
     )
@@ -156,7 +146,7 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_a_bad_one_is_
     let tls = ServerTls::builder(&first.cert, &first.key).build().unwrap();
     tokio::spawn(tls.watch(Duration::from_millis(50)));
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
         tls.clone(),
     )
@@ -231,7 +221,7 @@ async fn sessions_resume_over_tls_1_3_and_1_2_also_after_a_reload() {
         .build()
         .unwrap();
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
         tls.clone(),
     )
@@ -327,7 +317,7 @@ async fn client_certificates_are_required_and_their_name_is_the_rate_limit_ident
     let tls = mtls(&pki);
     assert!(tls.requires_client_certificates());
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route(
             "/api",
             Route::to([format!("http://{upstream}")])
@@ -378,7 +368,7 @@ async fn a_resumed_session_is_verified_again_so_a_ca_taken_out_locks_its_clients
         .build()
         .unwrap();
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder().route("/api", Route::to([format!("http://{upstream}")])),
         tls.clone(),
     )
@@ -431,7 +421,7 @@ async fn with_auth_on_a_verified_certificate_authenticates_and_a_sent_key_still_
     let pki = Pki::new();
     let tls = mtls(&pki);
     let upstream = echo_upstream(Speaks::Http1, None).await;
-    let addr = serve_tls(
+    let addr = serve_gateway_tls(
         Gateway::builder()
             .auth(KeySet::new().key("svc", "svc-key"))
             .auth_client_certificates(true)
@@ -555,4 +545,98 @@ async fn an_upstream_whose_certificate_does_not_verify_is_a_502_and_a_bad_ca_fil
         .build()
         .unwrap_err();
     assert!(error.to_string().contains("missing.pem"), "{error}");
+}
+
+/// The state, probes and probe failures of the endpoint at `url` of `prefix`'s pool.
+fn endpoint(gateway: &Gateway, prefix: &str, url: &str) -> (String, u64, u64) {
+    let (_, pool) = gateway.pools().find(|(p, _)| *p == prefix).unwrap();
+    let status = pool.status();
+    let e = status.endpoints.iter().find(|e| e.url == url).unwrap();
+    (e.state.to_owned(), e.probes, e.probe_failures)
+}
+
+#[tokio::test]
+async fn probes_speak_tls_and_h2c_and_an_upstream_that_fails_verification_is_at_fault() {
+    use tower_gateway::upstream::{ActiveHealth, PassiveHealth};
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let trusted = pki.server("trusted", &["127.0.0.1"]);
+    let untrusted = stranger.server("untrusted", &["127.0.0.1"]);
+    let good = format!(
+        "https://{}",
+        echo_upstream(
+            Speaks::Http1,
+            Some(server_config(&trusted, &[b"h2", b"http/1.1"], None))
+        )
+        .await
+    );
+    let bad = format!(
+        "https://{}",
+        echo_upstream(
+            Speaks::Http1,
+            Some(server_config(&untrusted, &[b"http/1.1"], None))
+        )
+        .await
+    );
+    let h2c = format!("h2c://{}", echo_upstream(Speaks::H2c, None).await);
+    let active = ActiveHealth::new("/health")
+        .interval(Duration::from_millis(50))
+        .healthy_threshold(1)
+        .unhealthy_threshold(2);
+    let tls = UpstreamTls::new().ca(pki.ca_path());
+    let gateway: Gateway = Gateway::builder()
+        .route(
+            "/probed",
+            Route::to([good.clone(), bad.clone()])
+                .upstream_tls(tls.clone())
+                .active_health(active.clone()),
+        )
+        .route("/h2c", Route::to([h2c.clone()]).active_health(active))
+        .route(
+            "/passive",
+            Route::to([good.clone(), bad.clone()])
+                .upstream_tls(tls)
+                .passive_health(PassiveHealth::new().consecutive_failures(1)),
+        )
+        .build()
+        .unwrap();
+
+    // The probes verify the upstream as the proxy does, and speak h2c to an h2c one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = endpoint(&gateway, "/probed", &good).1 >= 3
+            && endpoint(&gateway, "/probed", &bad).0 == "unhealthy"
+            && endpoint(&gateway, "/h2c", &h2c).1 >= 3;
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (state, _, failures) = endpoint(&gateway, "/probed", &good);
+    assert_eq!((state.as_str(), failures), ("healthy", 0));
+    assert!(endpoint(&gateway, "/probed", &bad).2 >= 2);
+    let (state, _, failures) = endpoint(&gateway, "/h2c", &h2c);
+    assert_eq!((state.as_str(), failures), ("healthy", 0));
+
+    // A certificate that does not verify is the upstream's failure: a 502 that ejects it.
+    let addr = common::tls::serve_gateway_built(gateway.clone(), None).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut conn = Conn::open(stream, false).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let answer = conn
+            .get(&format!("http://127.0.0.1:{}/passive/x", addr.port()))
+            .await;
+        statuses.push(answer.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(endpoint(&gateway, "/passive", &bad).0, "ejected");
 }

@@ -1,6 +1,7 @@
 //! TLS for the tests: a throwaway CA that issues server and client certificates into a
 //! temporary directory, a rustls client, HTTP/1.1 and HTTP/2 exchanges over any stream, and
-//! an upstream that speaks HTTP/1.1, h2c or TLS (with ALPN) and says what it saw.
+//! an upstream that speaks HTTP/1.1, h2c or TLS (with ALPN) and says what it saw, and the
+//! gateway served over TLS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,20 @@ pub struct Issued {
     pub key: PathBuf,
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl Issued {
+    /// The certificate chain, parsed.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    /// The private key, parsed.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
+    }
 }
 
 impl Pki {
@@ -118,54 +133,43 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A client config that trusts `pki`, offers `alpn`, and shows `client` if given.
+/// A client config that trusts `pki`, offers `alpn`, and shows `client` if given. Every
+/// connection makes a full handshake, so it shows the certificate served now (a resumed
+/// session shows the one it began with).
 pub fn client_config(pki: &Pki, client: Option<&Issued>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(pki.roots());
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
-        Some(issued) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Every connection a full handshake, so it shows the certificate served now (a resumed
-    // session shows the one it began with).
+    let mut config = config(pki, rustls::DEFAULT_VERSIONS, client, alpn);
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
-/// A client config that trusts `pki`, speaks only `version` and resumes sessions (rustls'
-/// default).
+/// A client config that trusts `pki`, speaks only `version`, offers `http/1.1`, shows
+/// `client` if given, and resumes sessions (rustls' default).
 pub fn resuming_client_config(
     pki: &Pki,
     version: &'static rustls::SupportedProtocolVersion,
     client: Option<&Issued>,
 ) -> Arc<ClientConfig> {
+    Arc::new(config(pki, &[version], client, &[b"http/1.1"]))
+}
+
+fn config(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client: Option<&Issued>,
+    alpn: &[&[u8]],
+) -> ClientConfig {
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[version])
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(pki.roots());
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some(issued) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
-            )
+            .with_client_auth_cert(issued.chain(), issued.private_key())
             .unwrap(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }
 
 /// Connects to `addr` over TLS, asking for `server_name`.
@@ -381,10 +385,6 @@ pub fn server_config(
     alpn: &[&[u8]],
     client_ca: Option<&Pki>,
 ) -> Arc<ServerConfig> {
-    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -399,9 +399,35 @@ pub fn server_config(
             .unwrap(),
         ),
     };
-    let mut config = builder.with_single_cert(chain, key).unwrap();
+    let mut config = builder
+        .with_single_cert(issued.chain(), issued.private_key())
+        .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
+}
+
+/// Builds `builder`'s gateway and serves it with [`Server`] on a fresh loopback port, over
+/// TLS with `tls` if given.
+pub async fn serve_gateway(
+    builder: tower_gateway::builder::GatewayBuilder,
+    tls: Option<tower_gateway::tls::ServerTls>,
+) -> SocketAddr {
+    serve_gateway_built(builder.build().unwrap(), tls).await
+}
+
+/// Serves `gateway` with [`Server`], over TLS with `tls` if given.
+pub async fn serve_gateway_built(
+    gateway: tower_gateway::builder::Gateway,
+    tls: Option<tower_gateway::tls::ServerTls>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = tower_gateway::server::Server::new();
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
+    tokio::spawn(server.serve(listener, gateway, std::future::pending()));
+    addr
 }
 
 /// Writes `contents` to `path` in one step (a rename), as a deploy would.
